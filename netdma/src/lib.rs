@@ -1,0 +1,5 @@
+//! netdma: TCP receive copies offloaded to DMA channels on top of smoltcp.
+
+pub mod config;
+pub mod link;
+pub mod stack;
