@@ -1,0 +1,153 @@
+//! The driver side: what a DMA device implements (`struct dma_device`'s operations).
+
+use crate::CapMask;
+use std::time::Instant;
+
+/// One operation handed to a device. Pointers, not slices: the device accesses the memory
+/// asynchronously, after the call that submitted it has returned.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Descriptor {
+    /// Copy `len` bytes from `src` to `dst` (`device_prep_dma_memcpy`).
+    Memcpy {
+        /// Destination.
+        dst: *mut u8,
+        /// Source.
+        src: *const u8,
+        /// Bytes to copy.
+        len: usize,
+    },
+    /// Fill `len` bytes at `dst` with `value` (`device_prep_dma_memset`).
+    Memset {
+        /// Destination.
+        dst: *mut u8,
+        /// Fill byte.
+        value: u8,
+        /// Bytes to fill.
+        len: usize,
+    },
+}
+
+impl Descriptor {
+    /// Bytes the descriptor writes.
+    pub const fn len(&self) -> usize {
+        match *self {
+            Descriptor::Memcpy { len, .. } | Descriptor::Memset { len, .. } => len,
+        }
+    }
+
+    /// Whether the descriptor moves no bytes.
+    pub const fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// The capability that performs this descriptor.
+    pub const fn cap(&self) -> crate::Cap {
+        match self {
+            Descriptor::Memcpy { .. } => crate::Cap::Memcpy,
+            Descriptor::Memset { .. } => crate::Cap::Memset,
+        }
+    }
+}
+
+// SAFETY: a Descriptor is plain data (addresses and a length); the memory it names is
+// accessed only under the contract of `Provider::submit`, whose caller guarantees the
+// memory stays valid and unaliased until the transfer is done, from whichever thread.
+unsafe impl Send for Descriptor {}
+
+/// Provider-level failure to allocate channel resources.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct ProviderError(pub String);
+
+/// Provider-level submission failure; the engine maps it to
+/// [`SubmitError`](crate::SubmitError).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ProviderSubmitError {
+    /// The descriptor ring is full.
+    RingFull {
+        /// Ring capacity in descriptors.
+        capacity: usize,
+    },
+    /// The channel has no resources (never allocated, or freed).
+    NoResources,
+    /// The device is gone (hot-unplugged).
+    Gone,
+}
+
+/// A DMA device driver (`struct dma_device` with its operations).
+///
+/// Channels are numbered `0..channel_count()`. Sequence numbers (cookies) are per channel,
+/// start at 1 and increase by one per accepted descriptor.
+///
+/// # Safety
+///
+/// The engine's safe APIs ([`scope`](crate::scope), [`OwnedTransfer`](crate::OwnedTransfer))
+/// free or reuse buffers on the strength of what a provider reports, so an implementation
+/// must guarantee:
+///
+/// 1. once [`tx_status`](Provider::tx_status) has reported `Complete` or `Error` for a
+///    cookie, the device never accesses that descriptor's memory again;
+/// 2. when [`terminate_all`](Provider::terminate_all) returns, every descriptor submitted
+///    on that channel before the call is done (`Complete` or `Error`), so rule 1 applies;
+/// 3. when [`free_chan_resources`](Provider::free_chan_resources) returns, every
+///    descriptor submitted before is done;
+/// 4. `tx_status` never reports `Complete` for a descriptor whose bytes were not all
+///    written.
+pub unsafe trait Provider: Send + Sync + 'static {
+    /// The device's name, for logs and snapshots.
+    fn name(&self) -> &str;
+
+    /// The capabilities the device advertises (`cap_mask`). Read once at registration.
+    fn capabilities(&self) -> CapMask;
+
+    /// The operations the device implements (Linux: the non-null `device_prep_*`
+    /// pointers). Registration fails if an advertised operation is missing here.
+    fn operations(&self) -> CapMask;
+
+    /// Number of channels (`chancnt`).
+    fn channel_count(&self) -> usize;
+
+    /// Allocates the channel's resources (rings, worker threads) on first use
+    /// (`device_alloc_chan_resources`).
+    fn alloc_chan_resources(&self, chan: usize) -> Result<(), ProviderError>;
+
+    /// Finishes outstanding work and frees the channel's resources
+    /// (`device_free_chan_resources`). See rule 3 under Safety.
+    fn free_chan_resources(&self, chan: usize);
+
+    /// Prepares and submits one descriptor (`device_prep_dma_*` + `tx_submit`); returns its
+    /// sequence number. Nothing starts before [`issue_pending`](Provider::issue_pending).
+    ///
+    /// # Safety
+    ///
+    /// Until the returned cookie is done (`tx_status` reports `Complete` or `Error`, or
+    /// `terminate_all`/`free_chan_resources` has returned), the caller keeps the memory the
+    /// descriptor names allocated, the source unmodified, and the destination neither read
+    /// nor written by anyone else. Source and destination do not overlap.
+    unsafe fn submit(&self, chan: usize, desc: Descriptor) -> Result<u64, ProviderSubmitError>;
+
+    /// Starts every submitted descriptor (`device_issue_pending`: the doorbell).
+    fn issue_pending(&self, chan: usize);
+
+    /// The state of a descriptor (`device_tx_status`).
+    fn tx_status(&self, chan: usize, seq: u64) -> crate::TxStatus;
+
+    /// Waits until the descriptor is done or `deadline` passes, and returns its status.
+    /// The default polls [`tx_status`](Provider::tx_status), yielding the CPU between
+    /// polls; providers with a completion interrupt (or a parked worker) do better.
+    fn wait(&self, chan: usize, seq: u64, deadline: Instant) -> crate::TxStatus {
+        loop {
+            let status = self.tx_status(chan, seq);
+            if status.is_done() || Instant::now() >= deadline {
+                return status;
+            }
+            std::thread::yield_now();
+        }
+    }
+
+    /// Cancels everything submitted on the channel (`device_terminate_all`). See rule 2.
+    fn terminate_all(&self, chan: usize);
+
+    /// Transfers on this channel that ended in error so far.
+    fn error_count(&self, chan: usize) -> u64;
+}

@@ -1,0 +1,463 @@
+//! The software DMA device: the default provider, usable on any machine.
+//!
+//! Each channel is a bounded descriptor ring drained by its own worker thread, which
+//! performs the copies and publishes completion through a completed-sequence counter
+//! (Release by the worker, Acquire by pollers), the way hardware writes a completion
+//! record. Submission is batched: descriptors collect under the channel's submit lock and
+//! travel to the worker as one recycled `Vec` per doorbell (`issue_pending`); nothing
+//! starts before the doorbell. Workers spin briefly when idle, then park: no core is busy
+//! at rest. Rings and workers exist only between `alloc_chan_resources` and
+//! `free_chan_resources`.
+//!
+//! # Descriptor slot states
+//!
+//! Each ring slot holds `seq << 2 | phase` for the descriptor using it:
+//!
+//! | phase | meaning | set by |
+//! | --- | --- | --- |
+//! | `QUEUED` | submitted, not started | submitter |
+//! | `RUNNING` | the worker is copying | worker (CAS from `QUEUED`) |
+//! | `DONE` | copied | worker |
+//! | `CANCELLED` | will never be touched | `terminate_all` (CAS from `QUEUED`) |
+//!
+//! The CAS race between worker and canceller decides, per descriptor, who owns it: the
+//! worker copies only what it moved to `RUNNING`, and skips (failing) what was
+//! cancelled. Status is read from `completed` alone: a descriptor is done once the worker
+//! has passed it, and failed if it is in the channel's error log.
+
+mod errors;
+mod worker;
+
+use self::errors::ErrorLog;
+use self::worker::{Job, Ring, Worker};
+use crate::provider::{Descriptor, Provider, ProviderError, ProviderSubmitError};
+use crate::{Cap, CapMask, TxStatus};
+use crossbeam_channel::{Receiver, Sender};
+use crossbeam_utils::CachePadded;
+use parking_lot::{Condvar, Mutex};
+use std::sync::atomic::{fence, AtomicU64, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+const QUEUED: u64 = 0;
+const RUNNING: u64 = 1;
+const DONE: u64 = 2;
+const CANCELLED: u64 = 3;
+
+const fn tag(seq: u64, phase: u64) -> u64 {
+    (seq << 2) | phase
+}
+
+/// How long an idle worker or a waiter spins before parking, by default. A completion
+/// seen while spinning costs ~200 ns here, one after parking 5-7 us (DESIGN.md).
+pub const DEFAULT_SPIN: Duration = Duration::from_micros(20);
+
+/// Builds a [`SoftwareDevice`].
+#[derive(Clone, Debug)]
+pub struct SoftwareDeviceBuilder {
+    name: String,
+    channels: usize,
+    ring_size: usize,
+    spin: Duration,
+    pin_workers: bool,
+    memset: bool,
+}
+
+impl SoftwareDeviceBuilder {
+    /// The device's name (default `"swdma"`).
+    pub fn name(mut self, name: impl Into<String>) -> Self {
+        self.name = name.into();
+        self
+    }
+
+    /// Number of channels (default 4; at least 1 is needed to register).
+    pub fn channels(mut self, n: usize) -> Self {
+        self.channels = n;
+        self
+    }
+
+    /// Descriptors each ring holds (default 1024, rounded up to a power of two, at least 2).
+    pub fn ring_size(mut self, n: usize) -> Self {
+        self.ring_size = n.max(2).next_power_of_two();
+        self
+    }
+
+    /// How long idle workers and waiters spin before parking (default [`DEFAULT_SPIN`]).
+    pub fn spin(mut self, spin: Duration) -> Self {
+        self.spin = spin;
+        self
+    }
+
+    /// Pins channel `i`'s worker to the `i`-th CPU of the process's affinity set, round
+    /// robin (default off).
+    pub fn pin_workers(mut self, pin: bool) -> Self {
+        self.pin_workers = pin;
+        self
+    }
+
+    /// Whether to advertise `DMA_MEMSET` too (default on).
+    pub fn memset(mut self, memset: bool) -> Self {
+        self.memset = memset;
+        self
+    }
+
+    /// The device, ready for [`Engine::register_device`](crate::Engine::register_device).
+    pub fn build(self) -> Arc<SoftwareDevice> {
+        let cpus = crate::cpu::process_affinity();
+        Arc::new(SoftwareDevice {
+            channels: (0..self.channels)
+                .map(|index| SwChannel::new(index, self.ring_size))
+                .collect(),
+            pin_cpus: self.pin_workers.then_some(cpus),
+            name: self.name,
+            spin: self.spin,
+            memset: self.memset,
+        })
+    }
+}
+
+/// The software DMA device; see the [module docs](self).
+pub struct SoftwareDevice {
+    name: String,
+    channels: Box<[SwChannel]>,
+    spin: Duration,
+    pin_cpus: Option<Vec<usize>>,
+    memset: bool,
+}
+
+impl std::fmt::Debug for SoftwareDevice {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SoftwareDevice")
+            .field("name", &self.name)
+            .field("channels", &self.channels.len())
+            .finish()
+    }
+}
+
+impl SoftwareDevice {
+    /// A builder with the defaults.
+    pub fn builder() -> SoftwareDeviceBuilder {
+        SoftwareDeviceBuilder {
+            name: "swdma".to_owned(),
+            channels: 4,
+            ring_size: 1024,
+            spin: DEFAULT_SPIN,
+            pin_workers: false,
+            memset: true,
+        }
+    }
+
+    /// Worker threads running now (one per channel with resources).
+    pub fn running_workers(&self) -> usize {
+        self.channels
+            .iter()
+            .filter(|c| c.submit.lock().running.is_some())
+            .count()
+    }
+
+    fn chan(&self, chan: usize) -> &SwChannel {
+        &self.channels[chan]
+    }
+}
+
+/// Per-channel state shared by submitters, pollers and the worker.
+pub(crate) struct Shared {
+    /// Highest sequence number the worker has passed (copied, failed or skipped).
+    completed: CachePadded<AtomicU64>,
+    /// Highest sequence number handed out.
+    submitted: AtomicU64,
+    errors: Mutex<ErrorLog>,
+    error_count: AtomicU64,
+    waiters: AtomicUsize,
+    park_lock: Mutex<()>,
+    park: Condvar,
+}
+
+impl Shared {
+    /// Called by the worker after passing `seq`; wakes parked waiters.
+    fn publish(&self, seq: u64) {
+        self.completed.store(seq, Ordering::Release);
+        // Pairs with the fence in `SwChannel::wait`: either we see its waiter count, or it
+        // sees our `completed`.
+        fence(Ordering::SeqCst);
+        if self.waiters.load(Ordering::Relaxed) > 0 {
+            let _guard = self.park_lock.lock();
+            self.park.notify_all();
+        }
+    }
+
+    fn record_error(&self, seq: u64) {
+        self.errors.lock().insert(seq);
+        self.error_count.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+struct Submit {
+    next_seq: u64,
+    pending: Vec<Job>,
+    running: Option<Running>,
+}
+
+struct Running {
+    ring: Arc<Ring>,
+    batches: Sender<Vec<Job>>,
+    recycled: Receiver<Vec<Job>>,
+    worker: std::thread::JoinHandle<()>,
+}
+
+struct SwChannel {
+    index: usize,
+    ring_size: usize,
+    shared: Arc<Shared>,
+    submit: Mutex<Submit>,
+}
+
+impl SwChannel {
+    fn new(index: usize, ring_size: usize) -> SwChannel {
+        SwChannel {
+            index,
+            ring_size,
+            shared: Arc::new(Shared {
+                completed: CachePadded::new(AtomicU64::new(0)),
+                submitted: AtomicU64::new(0),
+                errors: Mutex::new(ErrorLog::default()),
+                error_count: AtomicU64::new(0),
+                waiters: AtomicUsize::new(0),
+                park_lock: Mutex::new(()),
+                park: Condvar::new(),
+            }),
+            submit: Mutex::new(Submit {
+                next_seq: 1,
+                pending: Vec::new(),
+                running: None,
+            }),
+        }
+    }
+
+    /// Sends the pending batch to the worker (the doorbell). Called with the submit lock.
+    fn flush(submit: &mut Submit) {
+        if submit.pending.is_empty() {
+            return;
+        }
+        let Some(running) = &submit.running else {
+            return;
+        };
+        let mut batch = running.recycled.try_recv().unwrap_or_default();
+        std::mem::swap(&mut batch, &mut submit.pending);
+        // The worker holds the receiver until `free` drops our sender, so this cannot fail.
+        let _ = running.batches.send(batch);
+    }
+
+    /// Lock-free unless the channel has ever failed a transfer.
+    fn status(&self, seq: u64) -> TxStatus {
+        let shared = &*self.shared;
+        if seq == 0 || seq > shared.submitted.load(Ordering::Acquire) {
+            return TxStatus::Error; // never handed out: nobody can be waiting for it
+        }
+        if seq > shared.completed.load(Ordering::Acquire) {
+            return TxStatus::InProgress;
+        }
+        // The worker records a failure (and counts it) before publishing `completed`, so
+        // the Acquire above makes both visible.
+        if shared.error_count.load(Ordering::Relaxed) > 0 && shared.errors.lock().contains(seq) {
+            TxStatus::Error
+        } else {
+            TxStatus::Complete
+        }
+    }
+
+    fn wait(&self, seq: u64, deadline: Instant, spin: Duration) -> TxStatus {
+        let spin_until = Instant::now() + spin;
+        loop {
+            let status = self.status(seq);
+            if status.is_done() {
+                return status;
+            }
+            let now = Instant::now();
+            if now >= deadline {
+                return status;
+            }
+            if now >= spin_until {
+                break;
+            }
+            std::hint::spin_loop();
+        }
+        let shared = &*self.shared;
+        shared.waiters.fetch_add(1, Ordering::Relaxed);
+        fence(Ordering::SeqCst);
+        let status = loop {
+            let mut guard = shared.park_lock.lock();
+            let status = self.status(seq);
+            if status.is_done() || Instant::now() >= deadline {
+                break status;
+            }
+            // Bounded slices: a cancellation by another thread does not notify.
+            let slice = (Instant::now() + Duration::from_millis(1)).min(deadline);
+            shared.park.wait_until(&mut guard, slice);
+        };
+        shared.waiters.fetch_sub(1, Ordering::Relaxed);
+        status
+    }
+
+    fn terminate_all(&self) {
+        let mut submit = self.submit.lock();
+        Self::flush(&mut submit);
+        let Some(running) = &submit.running else {
+            return; // no resources: nothing in flight (free drained it)
+        };
+        let ring = running.ring.clone();
+        let last = submit.next_seq - 1;
+        drop(submit);
+        let first = self.shared.completed.load(Ordering::Acquire) + 1;
+        for seq in first..=last {
+            ring.cancel(seq);
+        }
+        // Everything up to `last` is now cancelled or already started; the worker skips
+        // the cancelled ones and finishes a running copy (one memcpy) promptly.
+        let mut spins = 0u32;
+        while self.shared.completed.load(Ordering::Acquire) < last {
+            spins += 1;
+            if spins < 1000 {
+                std::hint::spin_loop();
+            } else {
+                std::thread::yield_now();
+            }
+        }
+    }
+}
+
+// SAFETY: rule by rule (see `Provider`):
+// 1. `Complete` and `Error` are reported only for sequences the worker has passed
+//    (`completed`, published with Release after the copy or the skip), and the worker
+//    never returns to a sequence it passed.
+// 2. `terminate_all` moves every outstanding `QUEUED` slot to `CANCELLED`, then waits
+//    until the worker has passed the last sequence submitted before the call.
+// 3. `free_chan_resources` flushes pending work, closes the queue and joins the worker,
+//    which drains the queue before exiting.
+// 4. The worker marks `DONE` only after copying every byte.
+unsafe impl Provider for SoftwareDevice {
+    fn name(&self) -> &str {
+        &self.name
+    }
+
+    fn capabilities(&self) -> CapMask {
+        if self.memset {
+            CapMask::of(&[Cap::Memcpy, Cap::Memset])
+        } else {
+            CapMask::from(Cap::Memcpy)
+        }
+    }
+
+    fn operations(&self) -> CapMask {
+        self.capabilities()
+    }
+
+    fn channel_count(&self) -> usize {
+        self.channels.len()
+    }
+
+    fn alloc_chan_resources(&self, chan: usize) -> Result<(), ProviderError> {
+        let c = self.chan(chan);
+        let mut submit = c.submit.lock();
+        if submit.running.is_some() {
+            return Ok(());
+        }
+        let ring = Arc::new(Ring::new(c.ring_size));
+        let (batches, batch_rx) = crossbeam_channel::unbounded();
+        let (recycle_tx, recycled) = crossbeam_channel::bounded(64);
+        let pin = self.pin_cpus.as_ref().map(|cpus| cpus[c.index % cpus.len()]);
+        let worker = Worker {
+            ring: ring.clone(),
+            shared: c.shared.clone(),
+            batches: batch_rx,
+            recycle: recycle_tx,
+            spin: self.spin,
+            pin,
+        };
+        let handle = std::thread::Builder::new()
+            .name(format!("{}-ch{}", self.name, c.index))
+            .spawn(move || worker.run())
+            .map_err(|e| ProviderError(format!("spawning worker: {e}")))?;
+        submit.running = Some(Running {
+            ring,
+            batches,
+            recycled,
+            worker: handle,
+        });
+        tracing::debug!(device = %self.name, chan, "channel resources allocated");
+        Ok(())
+    }
+
+    fn free_chan_resources(&self, chan: usize) {
+        let c = self.chan(chan);
+        let running = {
+            let mut submit = c.submit.lock();
+            Self::flush_locked(&mut submit);
+            submit.running.take()
+        };
+        if let Some(running) = running {
+            drop(running.batches); // the worker drains the queue, then exits
+            if running.worker.join().is_err() {
+                tracing::error!(device = %self.name, chan, "DMA worker panicked");
+            }
+            tracing::debug!(device = %self.name, chan, "channel resources freed");
+        }
+    }
+
+    unsafe fn submit(&self, chan: usize, desc: Descriptor) -> Result<u64, ProviderSubmitError> {
+        let c = self.chan(chan);
+        let mut submit = c.submit.lock();
+        let Some(running) = &submit.running else {
+            return Err(ProviderSubmitError::NoResources);
+        };
+        let seq = submit.next_seq;
+        let outstanding = seq - 1 - c.shared.completed.load(Ordering::Acquire);
+        if outstanding >= c.ring_size as u64 {
+            return Err(ProviderSubmitError::RingFull {
+                capacity: c.ring_size,
+            });
+        }
+        running.ring.arm(seq);
+        submit.next_seq += 1;
+        submit.pending.push(Job { seq, desc });
+        c.shared.submitted.store(seq, Ordering::Release);
+        Ok(seq)
+    }
+
+    fn issue_pending(&self, chan: usize) {
+        Self::flush_locked(&mut self.chan(chan).submit.lock());
+    }
+
+    fn tx_status(&self, chan: usize, seq: u64) -> TxStatus {
+        self.chan(chan).status(seq)
+    }
+
+    fn wait(&self, chan: usize, seq: u64, deadline: Instant) -> TxStatus {
+        self.chan(chan).wait(seq, deadline, self.spin)
+    }
+
+    fn terminate_all(&self, chan: usize) {
+        self.chan(chan).terminate_all()
+    }
+
+    fn error_count(&self, chan: usize) -> u64 {
+        self.chan(chan).shared.error_count.load(Ordering::Relaxed)
+    }
+}
+
+impl SoftwareDevice {
+    fn flush_locked(submit: &mut Submit) {
+        SwChannel::flush(submit)
+    }
+}
+
+impl Drop for SoftwareDevice {
+    fn drop(&mut self) {
+        for chan in 0..self.channels.len() {
+            self.free_chan_resources(chan);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;

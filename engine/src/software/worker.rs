@@ -1,0 +1,142 @@
+//! The worker thread of one software DMA channel, and its descriptor ring.
+
+use super::{tag, Shared, CANCELLED, DONE, QUEUED, RUNNING};
+use crate::provider::Descriptor;
+use crossbeam_channel::{Receiver, Sender, TryRecvError};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// One submitted descriptor.
+pub(crate) struct Job {
+    pub(crate) seq: u64,
+    pub(crate) desc: Descriptor,
+}
+
+/// Slot states of outstanding descriptors, indexed by `seq % len`. A slot is reused only
+/// after the worker passed its previous descriptor: submission refuses more than `len`
+/// outstanding.
+pub(crate) struct Ring {
+    slots: Box<[AtomicU64]>,
+}
+
+impl Ring {
+    pub(crate) fn new(len: usize) -> Ring {
+        Ring {
+            slots: (0..len).map(|_| AtomicU64::new(0)).collect(),
+        }
+    }
+
+    fn slot(&self, seq: u64) -> &AtomicU64 {
+        &self.slots[(seq % self.slots.len() as u64) as usize]
+    }
+
+    /// Marks `seq` queued (submitter, under the submit lock).
+    pub(crate) fn arm(&self, seq: u64) {
+        self.slot(seq).store(tag(seq, QUEUED), Ordering::Relaxed);
+    }
+
+    /// Cancels `seq` if it has not started (a started one is left to finish).
+    pub(crate) fn cancel(&self, seq: u64) {
+        let _ = self.slot(seq).compare_exchange(
+            tag(seq, QUEUED),
+            tag(seq, CANCELLED),
+            Ordering::AcqRel,
+            Ordering::Acquire,
+        );
+    }
+
+    /// Claims `seq` for copying; false if it was cancelled.
+    fn start(&self, seq: u64) -> bool {
+        self.slot(seq)
+            .compare_exchange(
+                tag(seq, QUEUED),
+                tag(seq, RUNNING),
+                Ordering::AcqRel,
+                Ordering::Acquire,
+            )
+            .is_ok()
+    }
+
+    fn finish(&self, seq: u64) {
+        self.slot(seq).store(tag(seq, DONE), Ordering::Release);
+    }
+}
+
+pub(crate) struct Worker {
+    pub(crate) ring: Arc<Ring>,
+    pub(crate) shared: Arc<Shared>,
+    pub(crate) batches: Receiver<Vec<Job>>,
+    pub(crate) recycle: Sender<Vec<Job>>,
+    pub(crate) spin: Duration,
+    pub(crate) pin: Option<usize>,
+}
+
+impl Worker {
+    pub(crate) fn run(self) {
+        if let Some(cpu) = self.pin {
+            if let Err(e) = crate::cpu::pin_current_thread(cpu) {
+                tracing::warn!(cpu, error = %e, "could not pin DMA worker");
+            }
+        }
+        while let Some(mut batch) = self.next_batch() {
+            for job in batch.drain(..) {
+                self.process(job);
+            }
+            let _ = self.recycle.try_send(batch);
+        }
+    }
+
+    /// Spin for `spin`, then park in `recv`; `None` once the channel is freed and drained.
+    fn next_batch(&self) -> Option<Vec<Job>> {
+        match self.batches.try_recv() {
+            Ok(batch) => return Some(batch),
+            Err(TryRecvError::Disconnected) => return None,
+            Err(TryRecvError::Empty) => {}
+        }
+        let until = Instant::now() + self.spin;
+        while Instant::now() < until {
+            for _ in 0..64 {
+                std::hint::spin_loop();
+            }
+            match self.batches.try_recv() {
+                Ok(batch) => return Some(batch),
+                Err(TryRecvError::Disconnected) => return None,
+                Err(TryRecvError::Empty) => {}
+            }
+        }
+        self.batches.recv().ok()
+    }
+
+    fn process(&self, job: Job) {
+        if self.ring.start(job.seq) {
+            // SAFETY: the submitter promised (Provider::submit) that the memory stays
+            // valid and unaliased until this descriptor is done, and it is not done before
+            // `finish` below; winning the CAS to RUNNING means no canceller released it.
+            // Zero-length descriptors are skipped so null or dangling pointers never reach
+            // the copy.
+            unsafe { execute(job.desc) };
+            self.ring.finish(job.seq);
+        } else {
+            // Cancelled by terminate_all: never touched. Recorded before publishing, so a
+            // poller that sees `completed >= seq` also sees the failure.
+            self.shared.record_error(job.seq);
+        }
+        self.shared.publish(job.seq);
+    }
+}
+
+/// Performs one descriptor.
+///
+/// # Safety
+///
+/// The descriptor's memory obeys `Provider::submit`'s contract.
+unsafe fn execute(desc: Descriptor) {
+    match desc {
+        Descriptor::Memcpy { len: 0, .. } | Descriptor::Memset { len: 0, .. } => {}
+        // SAFETY: src/dst valid for `len` bytes and non-overlapping, by the contract.
+        Descriptor::Memcpy { dst, src, len } => unsafe { std::ptr::copy_nonoverlapping(src, dst, len) },
+        // SAFETY: dst valid for writes of `len` bytes, by the contract.
+        Descriptor::Memset { dst, value, len } => unsafe { std::ptr::write_bytes(dst, value, len) },
+    }
+}
