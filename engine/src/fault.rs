@@ -92,7 +92,7 @@ impl<P: Provider> FaultInjector<P> {
         let n = self.submitted.fetch_add(1, Ordering::Relaxed) + 1;
         let mut guard = self.plan.lock();
         let (plan, rng) = &mut *guard;
-        let every = plan.fail_every.is_some_and(|k| k > 0 && n % k == 0);
+        let every = plan.fail_every.is_some_and(|k| k > 0 && n.is_multiple_of(k));
         let random = plan.fail_probability > 0.0 && rng.random_bool(plan.fail_probability.min(1.0));
         every || random
     }
