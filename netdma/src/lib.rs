@@ -1,5 +1,33 @@
-//! netdma: TCP receive copies offloaded to DMA channels on top of smoltcp.
+//! netdma: TCP receive copies offloaded to DMA channels, on top of smoltcp.
+//!
+//! This is Linux's NET_DMA rebuilt in userspace: a read from a TCP socket of at least
+//! `tcp_dma_copybreak` bytes is copied from the socket's receive ring into the caller's
+//! buffer by a DMA channel found in the per-CPU table of a [`dmaengine::Engine`];
+//! everything else, and everything DMA cannot do, is copied by the CPU. Offload can be
+//! disabled and enabled at run time, and disabling drops every engine reference so a DMA
+//! device can be removed.
+//!
+//! - [`config`]: settings, from a TOML file, `NETDMA_*` variables and sysctl-style keys.
+//! - [`NetDma`] (in [`control`]): routing state, enable/disable, idle release, counters.
+//! - [`recv`]: the receive path itself, [`NetDma::recv`].
+//! - [`link`]: link devices for smoltcp (in-memory pair, TAP, AF_PACKET).
+//! - [`stack`]: a smoltcp interface with its sockets and link; [`pipeline`] adds netdma.
+//! - [`counters`]: where every byte went, and why.
 
+#![deny(unsafe_op_in_unsafe_fn)]
+#![warn(missing_docs)]
+
+mod adaptive;
 pub mod config;
+pub mod control;
+pub mod counters;
 pub mod link;
+pub mod pair;
+pub mod recv;
 pub mod stack;
+
+pub use adaptive::thread_cpu_ns;
+pub use config::{Copybreak, NetDmaConfig};
+pub use control::{ControlError, NetDma, NetDmaSnapshot};
+pub use counters::{Fallback, FallbackCounts, RecvStats};
+pub use recv::RecvError;

@@ -1,0 +1,296 @@
+//! [`NetDma`]: the offload's state, its run-time controls (enable/disable, idle release,
+//! sysctl-style settings) and its counters.
+//!
+//! # References and the receive path
+//!
+//! The engine [`Client`] (the `dmaengine_get` reference that pins DMA devices) lives
+//! inside a reader-writer lock. Every offloaded read holds the read side from channel
+//! lookup until all of its copies are done, so [`NetDma::disable`] (the write side) first
+//! waits for in-flight copies to complete or be cancelled — each is bounded by the wait
+//! timeout — and then drops the client: afterwards no device is pinned by netdma. A read
+//! that finds the lock being written does not wait: it copies with the CPU (counted as
+//! `disabled`).
+
+use crate::adaptive::Adaptive;
+use crate::config::{ConfigError, Copybreak, NetDmaConfig};
+use crate::counters::{Counters, RecvStats};
+use dmaengine::{Cap, Client, DeviceId, Engine, EngineSnapshot, SoftwareDevice};
+use parking_lot::{Mutex, RwLock};
+use serde::Serialize;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+/// Errors of [`NetDma`]'s controls.
+#[derive(Debug, thiserror::Error)]
+pub enum ControlError {
+    /// `enable` while enabled.
+    #[error("netdma offload is already enabled")]
+    AlreadyEnabled,
+    /// `disable` while disabled.
+    #[error("netdma offload is already disabled")]
+    AlreadyDisabled,
+    /// A configuration error (bad key or value); nothing changed.
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    /// The DMA device could not be registered.
+    #[error("registering the DMA device failed: {0}")]
+    Register(#[from] dmaengine::RegisterError),
+}
+
+/// The per-read parameters, copied out of the configuration once per read.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct RecvParams {
+    pub(crate) copybreak: Copybreak,
+    pub(crate) low_latency: bool,
+    pub(crate) chunk_size: usize,
+    pub(crate) max_inflight: usize,
+    pub(crate) cpu_fraction: f64,
+    pub(crate) timeout: Duration,
+}
+
+impl RecvParams {
+    fn from_config(c: &NetDmaConfig) -> Self {
+        RecvParams {
+            copybreak: c.tcp_dma_copybreak,
+            low_latency: c.low_latency,
+            chunk_size: c.chunk_size,
+            max_inflight: c.max_inflight,
+            cpu_fraction: c.cpu_fraction,
+            timeout: c.wait.timeout(),
+        }
+    }
+}
+
+pub(crate) struct DmaState {
+    pub(crate) client: Option<Client>,
+}
+
+/// TCP receive offload: decides per read whether DMA or the CPU copies, and owns the
+/// engine reference. Share it between threads by reference or `Arc`.
+pub struct NetDma {
+    engine: Engine,
+    device: Option<DeviceId>,
+    config: RwLock<NetDmaConfig>,
+    pub(crate) params: RwLock<RecvParams>,
+    /// Mirrors "offload enabled" for a lock-free first check on the receive path.
+    pub(crate) enabled: AtomicBool,
+    pub(crate) dma: RwLock<DmaState>,
+    pub(crate) counters: Counters,
+    pub(crate) adaptive: Mutex<Adaptive>,
+    epoch: Instant,
+    /// Nanoseconds since `epoch` of the last DMA-eligible read.
+    last_eligible: AtomicU64,
+}
+
+impl std::fmt::Debug for NetDma {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("NetDma")
+            .field("enabled", &self.is_enabled())
+            .field("holds_client", &self.holds_client())
+            .finish_non_exhaustive()
+    }
+}
+
+/// Everything about the offload at one moment, serializable to JSON.
+#[derive(Clone, Debug, Serialize)]
+pub struct NetDmaSnapshot {
+    /// Whether offload is enabled.
+    pub enabled: bool,
+    /// Whether netdma holds its engine client (and so pins devices) right now.
+    pub holds_client: bool,
+    /// The configuration in force.
+    pub config: NetDmaConfig,
+    /// Receive counters.
+    pub recv: RecvStats,
+    /// The engine's devices, channels and table.
+    pub engine: EngineSnapshot,
+}
+
+impl NetDma {
+    /// Offload over `engine` with `config` (validated). Takes the engine client now if
+    /// `config.enabled`.
+    pub fn new(engine: Engine, config: NetDmaConfig) -> Result<NetDma, ControlError> {
+        Self::build(engine, None, config)
+    }
+
+    /// Builds the engine the configuration describes (`engine.provider`, `channels`,
+    /// `ring_size`, `pin_workers`; workers spin `wait.spin_us` before parking), registers
+    /// its device, and returns offload over it.
+    pub fn from_config(config: NetDmaConfig) -> Result<NetDma, ControlError> {
+        config.validate()?;
+        let engine = Engine::new();
+        let device = match config.engine.provider {
+            crate::config::ProviderKind::Software => SoftwareDevice::builder()
+                .channels(config.engine.channels)
+                .ring_size(config.engine.ring_size)
+                .pin_workers(config.engine.pin_workers)
+                .spin(config.wait.spin())
+                .build(),
+        };
+        let id = engine.register_device(device)?;
+        Self::build(engine, Some(id), config)
+    }
+
+    fn build(
+        engine: Engine,
+        device: Option<DeviceId>,
+        config: NetDmaConfig,
+    ) -> Result<NetDma, ControlError> {
+        config.validate()?;
+        let client = config.enabled.then(|| engine.client(Cap::Memcpy.into()));
+        Ok(NetDma {
+            device,
+            enabled: AtomicBool::new(config.enabled),
+            params: RwLock::new(RecvParams::from_config(&config)),
+            config: RwLock::new(config),
+            dma: RwLock::new(DmaState { client }),
+            counters: Counters::default(),
+            adaptive: Mutex::new(Adaptive::default()),
+            epoch: Instant::now(),
+            last_eligible: AtomicU64::new(0),
+            engine,
+        })
+    }
+
+    /// The engine.
+    pub fn engine(&self) -> &Engine {
+        &self.engine
+    }
+
+    /// The device [`from_config`](NetDma::from_config) registered, if any.
+    pub fn device(&self) -> Option<DeviceId> {
+        self.device
+    }
+
+    /// Whether offload is enabled.
+    pub fn is_enabled(&self) -> bool {
+        self.enabled.load(Ordering::Acquire)
+    }
+
+    /// Whether netdma holds its engine client now (false when disabled or idle-released).
+    pub fn holds_client(&self) -> bool {
+        self.dma.read().client.is_some()
+    }
+
+    /// Enables offload and takes the engine client (`dmaengine_get`).
+    pub fn enable(&self) -> Result<(), ControlError> {
+        let mut dma = self.dma.write();
+        if self.enabled.load(Ordering::Acquire) {
+            return Err(ControlError::AlreadyEnabled);
+        }
+        dma.client = Some(self.engine.client(Cap::Memcpy.into()));
+        self.enabled.store(true, Ordering::Release);
+        self.config.write().enabled = true;
+        tracing::info!("netdma offload enabled");
+        Ok(())
+    }
+
+    /// Disables offload: waits for in-flight copies to complete (or be cancelled at the
+    /// wait timeout), then drops the engine client so no device stays pinned. Reads go on,
+    /// copied by the CPU.
+    pub fn disable(&self) -> Result<(), ControlError> {
+        // Once this thread waits for the write side, new reads fail `try_read` and copy
+        // with the CPU; the write side is ours when the last in-flight read is done.
+        let mut dma = self.dma.write();
+        if !self.enabled.swap(false, Ordering::AcqRel) {
+            return Err(ControlError::AlreadyDisabled);
+        }
+        let client = dma.client.take();
+        drop(dma);
+        drop(client); // dmaengine_put, outside the lock
+        self.config.write().enabled = false;
+        tracing::info!("netdma offload disabled; engine references dropped");
+        Ok(())
+    }
+
+    /// Housekeeping, to call from the poll loop: after `idle_release_ms` without a
+    /// DMA-eligible read, drops the engine client (the seed thread's "network-idle"
+    /// signal); the next eligible read takes it again. Returns whether it released.
+    pub fn maintain(&self, now: Instant) -> bool {
+        let Some(idle) = self.config.read().idle_release() else {
+            return false;
+        };
+        let last = self.epoch + Duration::from_nanos(self.last_eligible.load(Ordering::Relaxed));
+        if now.saturating_duration_since(last) < idle {
+            return false;
+        }
+        let Some(mut dma) = self.dma.try_write() else {
+            return false; // a read is in flight: not idle
+        };
+        let Some(client) = dma.client.take() else {
+            return false;
+        };
+        drop(dma);
+        drop(client);
+        tracing::debug!(?idle, "netdma idle: engine references released");
+        true
+    }
+
+    /// Notes a DMA-eligible read at `now` (for idle release).
+    pub(crate) fn touch(&self, now: Instant) {
+        let ns = now.saturating_duration_since(self.epoch).as_nanos() as u64;
+        self.last_eligible.store(ns, Ordering::Relaxed);
+    }
+
+    /// Takes the client again after an idle release. Blocks only behind another control
+    /// operation.
+    pub(crate) fn reacquire(&self) {
+        let mut dma = self.dma.write();
+        if dma.client.is_none() && self.enabled.load(Ordering::Acquire) {
+            dma.client = Some(self.engine.client(Cap::Memcpy.into()));
+            tracing::debug!("netdma busy again: engine references taken");
+        }
+    }
+
+    /// Reads a setting by its sysctl name (`net.ipv4.tcp_dma_copybreak`, ...).
+    pub fn get(&self, key: &str) -> Result<String, ControlError> {
+        Ok(self.config.read().get(key)?)
+    }
+
+    /// Changes a setting at run time by its sysctl name. A bad key or value is an error
+    /// naming the key and the accepted range, and nothing changes. Setting
+    /// `net.netdma.enabled` enables or disables offload (no error if already so).
+    pub fn set(&self, key: &str, value: &str) -> Result<(), ControlError> {
+        let mut candidate = self.config.read().clone();
+        candidate.set(key, value)?;
+        let want_enabled = candidate.enabled;
+        if want_enabled != self.is_enabled() {
+            if want_enabled {
+                self.enable().or_else(ignore_already)?;
+            } else {
+                self.disable().or_else(ignore_already)?;
+            }
+        }
+        *self.params.write() = RecvParams::from_config(&candidate);
+        *self.config.write() = candidate;
+        Ok(())
+    }
+
+    /// The configuration in force.
+    pub fn config(&self) -> NetDmaConfig {
+        self.config.read().clone()
+    }
+
+    /// The receive counters now.
+    pub fn stats(&self) -> RecvStats {
+        self.counters.snapshot()
+    }
+
+    /// Configuration, state, counters and the engine, at one moment.
+    pub fn snapshot(&self) -> NetDmaSnapshot {
+        NetDmaSnapshot {
+            enabled: self.is_enabled(),
+            holds_client: self.holds_client(),
+            config: self.config(),
+            recv: self.stats(),
+            engine: self.engine.snapshot(),
+        }
+    }
+}
+
+fn ignore_already(e: ControlError) -> Result<(), ControlError> {
+    match e {
+        ControlError::AlreadyEnabled | ControlError::AlreadyDisabled => Ok(()),
+        other => Err(other),
+    }
+}

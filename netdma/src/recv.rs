@@ -1,0 +1,281 @@
+//! The receive path: `tcp_recvmsg` with NET_DMA's routing, over a smoltcp socket.
+//!
+//! A read goes to DMA only if offload is enabled, low-latency mode is off, it is not a
+//! peek, its length is at least `tcp_dma_copybreak` (or the adaptive policy picks DMA),
+//! and this CPU has a channel. Otherwise the CPU copies, and the reason is counted.
+//!
+//! # Why the socket's ring may be read by DMA in place
+//!
+//! An offloaded read copies straight out of the socket's receive ring, which plays
+//! `sk_async_wait_queue`: the bytes stay *unconsumed* in the ring until their copies are
+//! done, and only then are they released (`tcp::Socket::recv` with the copied length).
+//! This is sound because:
+//!
+//! - smoltcp writes incoming data only into the ring's *free* space, never into
+//!   unconsumed bytes, so the region under copy does not change;
+//! - everything that could clear or free the ring (a reset, `abort`, `close` followed by
+//!   a re-`listen`, removing the socket from its set) needs `&mut` access to the socket,
+//!   and the read holds that `&mut` for its whole duration, including the wait for its
+//!   copies ([`dmaengine::scope`] does not return before every copy is done or cancelled);
+//! - the destination is the caller's `&mut [u8]`, likewise held throughout.
+//!
+//! So no copy is ever in flight when the ring could change, and this module needs no
+//! `unsafe` at all. The ring wraps around: a read loops over its contiguous regions until
+//! the request is satisfied or no data is left.
+
+use crate::adaptive::thread_cpu_ns;
+use crate::config::Copybreak;
+use crate::control::{NetDma, RecvParams};
+use crate::counters::Fallback;
+use dmaengine::{Cap, Channel, SubmitError, WaitError};
+use smoltcp::socket::tcp;
+use std::collections::VecDeque;
+use std::sync::atomic::Ordering;
+use std::time::Instant;
+
+/// With the adaptive copybreak, reads shorter than this always go to the CPU: below it
+/// the hand-off alone costs more than the copy (4 KiB copies in ~0.1 us here).
+pub const AUTO_MIN_READ: usize = 4096;
+
+/// Why a read returned no data.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum RecvError {
+    /// The socket is not in a state that receives (closed, listening, reset, aborted).
+    #[error("the socket cannot receive in its current state (closed, reset or aborted)")]
+    InvalidState,
+    /// The peer closed the connection and every byte has been read.
+    #[error("the peer closed the connection and all data has been read")]
+    Finished,
+}
+
+impl From<tcp::RecvError> for RecvError {
+    fn from(e: tcp::RecvError) -> Self {
+        match e {
+            tcp::RecvError::InvalidState => RecvError::InvalidState,
+            tcp::RecvError::Finished => RecvError::Finished,
+        }
+    }
+}
+
+impl NetDma {
+    /// Reads up to `buf.len()` bytes from `socket` into `buf` (`tcp_recvmsg`), by DMA or
+    /// by the CPU as the routing rules decide; returns the number of bytes read (0 if none
+    /// is waiting). The data is always correct: a copy DMA could not do is redone by the
+    /// CPU for exactly the affected bytes, and no wait is unbounded.
+    pub fn recv(&self, socket: &mut tcp::Socket<'_>, buf: &mut [u8]) -> Result<usize, RecvError> {
+        let params = *self.params.read();
+        if let Route::Cpu(reason) = self.route_static(buf.len(), &params) {
+            return self.recv_cpu(socket, buf, reason);
+        }
+        self.touch(Instant::now());
+        let mut dma = match self.dma.try_read() {
+            Some(guard) => guard,
+            None => return self.recv_cpu(socket, buf, Some(Fallback::Disabled)),
+        };
+        if dma.client.is_none() {
+            drop(dma);
+            self.reacquire(); // lazily, after an idle release
+            dma = match self.dma.try_read() {
+                Some(guard) if guard.client.is_some() => guard,
+                _ => return self.recv_cpu(socket, buf, Some(Fallback::Disabled)),
+            };
+        }
+        let Some(channel) = dma
+            .client
+            .as_ref()
+            .and_then(|c| c.find_channel(Cap::Memcpy))
+        else {
+            drop(dma);
+            return self.recv_cpu(socket, buf, Some(Fallback::NoChannel));
+        };
+        let choice = if params.copybreak.is_auto() {
+            Some(self.adaptive.lock().choose())
+        } else {
+            None
+        };
+        let use_dma = choice.is_none_or(|c| c.dma);
+        let sample = choice.is_some_and(|c| c.sample);
+        let start = if sample { thread_cpu_ns() } else { 0 };
+        let result = if use_dma {
+            self.recv_dma(socket, buf, &channel, &params)
+        } else {
+            drop(dma);
+            self.recv_cpu(socket, buf, Some(Fallback::Adaptive))
+                .map(|n| (n, false))
+        };
+        if sample {
+            if let Ok((n, clean)) = result {
+                // Failed DMA copies are not samples of what DMA costs.
+                if !use_dma || clean {
+                    let spent = thread_cpu_ns().saturating_sub(start);
+                    self.adaptive.lock().record(use_dma, n, spent);
+                }
+            }
+        }
+        result.map(|(n, _)| n)
+    }
+
+    /// Reads without consuming (`MSG_PEEK`): always by the CPU, since nothing may be left
+    /// in flight over bytes that stay in the ring for the next read.
+    pub fn peek(&self, socket: &mut tcp::Socket<'_>, buf: &mut [u8]) -> Result<usize, RecvError> {
+        let n = socket.peek_slice(buf)?;
+        self.counters.cpu(n);
+        self.counters.cpu_read();
+        self.counters.fallback(Fallback::Peek, n);
+        Ok(n)
+    }
+
+    /// The checks that need no channel.
+    fn route_static(&self, len: usize, p: &RecvParams) -> Route {
+        if len == 0 {
+            return Route::Cpu(None);
+        }
+        if !self.enabled.load(Ordering::Relaxed) {
+            return Route::Cpu(Some(Fallback::Disabled));
+        }
+        if p.low_latency {
+            return Route::Cpu(Some(Fallback::LowLatency));
+        }
+        let threshold = match p.copybreak {
+            Copybreak::Bytes(n) => n,
+            Copybreak::Auto => AUTO_MIN_READ,
+        };
+        if len < threshold {
+            return Route::Cpu(Some(Fallback::BelowCopybreak));
+        }
+        Route::Eligible
+    }
+
+    fn recv_cpu(
+        &self,
+        socket: &mut tcp::Socket<'_>,
+        buf: &mut [u8],
+        reason: Option<Fallback>,
+    ) -> Result<usize, RecvError> {
+        let n = socket.recv_slice(buf)?;
+        if n > 0 {
+            self.counters.cpu(n);
+            self.counters.cpu_read();
+            if let Some(reason) = reason {
+                self.counters.fallback(reason, n);
+            }
+        }
+        Ok(n)
+    }
+
+    /// The offloaded read; returns the bytes read and whether every DMA copy succeeded.
+    fn recv_dma(
+        &self,
+        socket: &mut tcp::Socket<'_>,
+        buf: &mut [u8],
+        channel: &Channel,
+        p: &RecvParams,
+    ) -> Result<(usize, bool), RecvError> {
+        let mut done = 0;
+        let mut clean = true;
+        while done < buf.len() {
+            let region = match socket.peek(buf.len() - done) {
+                Ok(region) if !region.is_empty() => region,
+                Ok(_) => break,
+                Err(_) if done > 0 => break,
+                Err(e) => return Err(e.into()),
+            };
+            let n = region.len();
+            let outcome = copy_region(channel, &mut buf[done..done + n], region, p, self);
+            clean &= outcome;
+            // The copies are done: release the ring space (`tcp_service_net_dma`).
+            let released = socket.recv(|_| (n, ()));
+            debug_assert!(released.is_ok(), "peeked bytes are consumable");
+            done += n;
+        }
+        if done > 0 {
+            self.counters.dma_read();
+        }
+        Ok((done, clean))
+    }
+}
+
+/// The outcome of the checks that need no channel.
+enum Route {
+    /// The CPU copies; the reason to count (`None`: an empty read, nothing to count).
+    Cpu(Option<Fallback>),
+    /// DMA may copy, if a channel is found.
+    Eligible,
+}
+
+/// Copies `src` into `dst` (equal lengths): the head by DMA in `chunk_size` descriptors
+/// with at most `max_inflight` in flight, the tail share `cpu_fraction` by the CPU at the
+/// same time; then the CPU redoes every descriptor that failed. Returns whether all DMA
+/// copies succeeded.
+fn copy_region(
+    channel: &Channel,
+    dst: &mut [u8],
+    src: &[u8],
+    p: &RecvParams,
+    netdma: &NetDma,
+) -> bool {
+    let counters = &netdma.counters;
+    let len = src.len();
+    let cpu_len = ((len as f64 * p.cpu_fraction) as usize).min(len);
+    let dma_len = len - cpu_len;
+    let failed = {
+        let (dma_dst, cpu_dst) = dst.split_at_mut(dma_len);
+        let (dma_src, cpu_src) = src.split_at(dma_len);
+        dmaengine::scope_with_timeout(p.timeout, move |s| {
+            let mut failed: Vec<(usize, usize, Fallback)> = Vec::new();
+            let mut window = VecDeque::with_capacity(p.max_inflight.min(64));
+            let mut timed_out = false;
+            let mut retire =
+                |off: usize, n: usize, t: dmaengine::Transfer<'_>, failed: &mut Vec<_>| {
+                    let result = t.wait();
+                    counters.in_flight_sub(n);
+                    match result {
+                        Ok(()) => counters.dma(n),
+                        Err(WaitError::Timeout { .. }) => {
+                            // Cancel everything now so the other waits end at once.
+                            channel.terminate_all();
+                            timed_out = true;
+                            failed.push((off, n, Fallback::Timeout));
+                        }
+                        Err(_) if timed_out => failed.push((off, n, Fallback::Timeout)),
+                        Err(_) => failed.push((off, n, Fallback::ChannelError)),
+                    }
+                };
+            let mut off = 0;
+            for (d, sr) in dma_dst
+                .chunks_mut(p.chunk_size)
+                .zip(dma_src.chunks(p.chunk_size))
+            {
+                let n = d.len();
+                if window.len() >= p.max_inflight {
+                    let (o, l, t) = window.pop_front().expect("window is full");
+                    retire(o, l, t, &mut failed);
+                }
+                match s.memcpy(channel, d, sr) {
+                    Ok(t) => {
+                        counters.in_flight_add(n);
+                        window.push_back((off, n, t));
+                    }
+                    Err(SubmitError::RingFull { .. }) => failed.push((off, n, Fallback::RingFull)),
+                    Err(_) => failed.push((off, n, Fallback::ChannelError)),
+                }
+                off += n;
+            }
+            channel.issue_pending();
+            // The CPU share runs while the engine copies the rest.
+            cpu_dst.copy_from_slice(cpu_src);
+            while let Some((o, l, t)) = window.pop_front() {
+                retire(o, l, t, &mut failed);
+            }
+            failed
+        })
+    };
+    counters.cpu(cpu_len);
+    let clean = failed.is_empty();
+    for (off, n, reason) in failed {
+        dst[off..off + n].copy_from_slice(&src[off..off + n]);
+        counters.cpu(n);
+        counters.fallback(reason, n);
+    }
+    clean
+}
