@@ -157,9 +157,6 @@ mod tests {
     #[test]
     fn serializes_as_list_of_names() {
         let m = CapMask::of(&[Cap::Memset, Cap::Memcpy]);
-        assert_eq!(
-            serde_json::to_string(&m).unwrap(),
-            r#"["memcpy","memset"]"#
-        );
+        assert_eq!(serde_json::to_string(&m).unwrap(), r#"["memcpy","memset"]"#);
     }
 }

@@ -176,7 +176,12 @@ impl Channel {
     /// # Safety
     ///
     /// As [`memcpy_raw`](Channel::memcpy_raw), for `dst` alone.
-    pub unsafe fn memset_raw(&self, dst: *mut u8, value: u8, len: usize) -> Result<Cookie, SubmitError> {
+    pub unsafe fn memset_raw(
+        &self,
+        dst: *mut u8,
+        value: u8,
+        len: usize,
+    ) -> Result<Cookie, SubmitError> {
         // SAFETY: forwarded verbatim from this function's contract.
         unsafe { self.submit(Descriptor::Memset { dst, value, len }) }
     }

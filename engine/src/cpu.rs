@@ -77,6 +77,10 @@ mod tests {
     fn current_cpu_is_in_the_affinity_set() {
         let cpus = process_affinity();
         assert!(!cpus.is_empty());
-        assert!(cpus.contains(&current_cpu()), "{cpus:?} vs {}", current_cpu());
+        assert!(
+            cpus.contains(&current_cpu()),
+            "{cpus:?} vs {}",
+            current_cpu()
+        );
     }
 }

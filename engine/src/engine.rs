@@ -103,7 +103,10 @@ impl Engine {
 
     /// Registers a device (`dma_async_device_register`). If clients exist, its channels
     /// take references on their behalf and the table is rebalanced.
-    pub fn register_device<P: Provider>(&self, provider: Arc<P>) -> Result<DeviceId, RegisterError> {
+    pub fn register_device<P: Provider>(
+        &self,
+        provider: Arc<P>,
+    ) -> Result<DeviceId, RegisterError> {
         self.inner.register(provider)
     }
 
@@ -179,7 +182,13 @@ impl Engine {
 
     /// The total of all devices' references (module pins): 0 when nothing is pinned.
     pub fn total_references(&self) -> usize {
-        self.inner.state.lock().devices.iter().map(Device::references).sum()
+        self.inner
+            .state
+            .lock()
+            .devices
+            .iter()
+            .map(Device::references)
+            .sum()
     }
 }
 
@@ -422,7 +431,9 @@ impl Inner {
                 if !chan.has_resources.load(Ordering::Relaxed) {
                     match dev.provider.alloc_chan_resources(chan.index) {
                         Ok(()) => chan.has_resources.store(true, Ordering::Release),
-                        Err(e) => tracing::warn!(channel = %chan.id, error = %e, "allocating channel resources failed"),
+                        Err(e) => {
+                            tracing::warn!(channel = %chan.id, error = %e, "allocating channel resources failed")
+                        }
                     }
                 }
             }
@@ -485,7 +496,11 @@ impl State {
             if holders == dev.holders {
                 continue;
             }
-            for chan in dev.channels.iter().filter(|c| !c.private_held.load(Ordering::Relaxed)) {
+            for chan in dev
+                .channels
+                .iter()
+                .filter(|c| !c.private_held.load(Ordering::Relaxed))
+            {
                 chan.client_count.store(holders, Ordering::Relaxed);
                 self.stats.channel_ref_updates += 1;
             }

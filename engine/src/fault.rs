@@ -80,7 +80,10 @@ impl<P: Provider> FaultInjector<P> {
 
     /// Transfers failed on purpose so far.
     pub fn faults_injected(&self) -> u64 {
-        self.injected.iter().map(|c| c.load(Ordering::Relaxed)).sum()
+        self.injected
+            .iter()
+            .map(|c| c.load(Ordering::Relaxed))
+            .sum()
     }
 
     /// The wrapped provider.
@@ -92,7 +95,9 @@ impl<P: Provider> FaultInjector<P> {
         let n = self.submitted.fetch_add(1, Ordering::Relaxed) + 1;
         let mut guard = self.plan.lock();
         let (plan, rng) = &mut *guard;
-        let every = plan.fail_every.is_some_and(|k| k > 0 && n.is_multiple_of(k));
+        let every = plan
+            .fail_every
+            .is_some_and(|k| k > 0 && n.is_multiple_of(k));
         let random = plan.fail_probability > 0.0 && rng.random_bool(plan.fail_probability.min(1.0));
         every || random
     }
@@ -139,8 +144,16 @@ unsafe impl<P: Provider> Provider for FaultInjector<P> {
         // A failing transfer writes only its first half, as a DMA that died part way.
         let desc = if fail {
             match desc {
-                Descriptor::Memcpy { dst, src, len } => Descriptor::Memcpy { dst, src, len: len / 2 },
-                Descriptor::Memset { dst, value, len } => Descriptor::Memset { dst, value, len: len / 2 },
+                Descriptor::Memcpy { dst, src, len } => Descriptor::Memcpy {
+                    dst,
+                    src,
+                    len: len / 2,
+                },
+                Descriptor::Memset { dst, value, len } => Descriptor::Memset {
+                    dst,
+                    value,
+                    len: len / 2,
+                },
             }
         } else {
             desc

@@ -63,7 +63,9 @@ pub use client::Client;
 pub use cookie::{Cookie, TxStatus};
 pub use device::DeviceId;
 pub use engine::{Engine, MAX_CPUS};
-pub use error::{CpuSetError, RegisterError, RequestError, SubmitError, UnregisterError, WaitError};
+pub use error::{
+    CpuSetError, RegisterError, RequestError, SubmitError, UnregisterError, WaitError,
+};
 #[cfg(not(loom))]
 pub use fault::{FaultInjector, FaultPlan};
 pub use private::PrivateChannel;
@@ -72,4 +74,6 @@ pub use snapshot::{ChannelSnapshot, DeviceSnapshot, EngineSnapshot, EngineStats}
 #[cfg(not(loom))]
 pub use software::{SoftwareDevice, SoftwareDeviceBuilder, DEFAULT_SPIN};
 pub use table::TableSnapshot;
-pub use transfer::{scope, scope_with_timeout, OwnedTransfer, Rejected, Scope, StableBuffer, Transfer};
+pub use transfer::{
+    scope, scope_with_timeout, OwnedTransfer, Rejected, Scope, StableBuffer, Transfer,
+};

@@ -30,7 +30,9 @@ impl Deref for PrivateChannel {
 
 impl fmt::Debug for PrivateChannel {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_tuple("PrivateChannel").field(&self.channel).finish()
+        f.debug_tuple("PrivateChannel")
+            .field(&self.channel)
+            .finish()
     }
 }
 

@@ -37,7 +37,10 @@ impl ChannelTable {
     pub(crate) fn snapshot(&self, online: &[usize]) -> TableSnapshot {
         let column = |cap: Cap| -> Vec<Option<ChannelId>> {
             let idx = cap.table_index().expect("operation capability");
-            self.slots[idx].iter().map(|c| c.as_ref().map(Channel::id)).collect()
+            self.slots[idx]
+                .iter()
+                .map(|c| c.as_ref().map(Channel::id))
+                .collect()
         };
         TableSnapshot {
             online_cpus: online.to_vec(),
@@ -103,7 +106,11 @@ pub(crate) fn distribute(
 
 /// `nth_chan`: the `n`-th channel with `cap` (counting across devices), or the one with the
 /// lowest table count if there are fewer than `n + 1`; `None` if there is none at all.
-fn nth_chan(candidates: &[Arc<ChannelShared>], cap: Cap, n: Option<usize>) -> Option<Arc<ChannelShared>> {
+fn nth_chan(
+    candidates: &[Arc<ChannelShared>],
+    cap: Cap,
+    n: Option<usize>,
+) -> Option<Arc<ChannelShared>> {
     let mut remaining = n;
     let mut min: Option<&Arc<ChannelShared>> = None;
     let mut found = None;

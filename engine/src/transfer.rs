@@ -124,7 +124,11 @@ impl<'scope> Scope<'scope, '_> {
         self.submit(channel, desc)
     }
 
-    fn submit(&'scope self, channel: &Channel, desc: Descriptor) -> Result<Transfer<'scope>, SubmitError> {
+    fn submit(
+        &'scope self,
+        channel: &Channel,
+        desc: Descriptor,
+    ) -> Result<Transfer<'scope>, SubmitError> {
         // SAFETY: the buffers behind `desc` are borrowed (the destination exclusively) for
         // 'scope, which lasts until `scope_with_timeout` returns; before it returns, the
         // drain guard sees this cookie done (waiting, then `terminate_all`, after which
@@ -213,7 +217,9 @@ pub struct Rejected<D, S> {
 
 impl<D, S> fmt::Debug for Rejected<D, S> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Rejected").field("error", &self.error).finish_non_exhaustive()
+        f.debug_struct("Rejected")
+            .field("error", &self.error)
+            .finish_non_exhaustive()
     }
 }
 
@@ -303,7 +309,8 @@ impl<D: StableBuffer, S: StableBuffer> OwnedTransfer<D, S> {
 impl<D: StableBuffer, S: StableBuffer> Drop for OwnedTransfer<D, S> {
     fn drop(&mut self) {
         if self.buffers.is_some() {
-            self.channel.wait_or_terminate(self.cookie, DEFAULT_WAIT_TIMEOUT);
+            self.channel
+                .wait_or_terminate(self.cookie, DEFAULT_WAIT_TIMEOUT);
         }
     }
 }

@@ -365,7 +365,10 @@ unsafe impl Provider for SoftwareDevice {
         let ring = Arc::new(Ring::new(c.ring_size));
         let (batches, batch_rx) = crossbeam_channel::unbounded();
         let (recycle_tx, recycled) = crossbeam_channel::bounded(64);
-        let pin = self.pin_cpus.as_ref().map(|cpus| cpus[c.index % cpus.len()]);
+        let pin = self
+            .pin_cpus
+            .as_ref()
+            .map(|cpus| cpus[c.index % cpus.len()]);
         let worker = Worker {
             ring: ring.clone(),
             shared: c.shared.clone(),

@@ -135,7 +135,9 @@ unsafe fn execute(desc: Descriptor) {
     match desc {
         Descriptor::Memcpy { len: 0, .. } | Descriptor::Memset { len: 0, .. } => {}
         // SAFETY: src/dst valid for `len` bytes and non-overlapping, by the contract.
-        Descriptor::Memcpy { dst, src, len } => unsafe { std::ptr::copy_nonoverlapping(src, dst, len) },
+        Descriptor::Memcpy { dst, src, len } => unsafe {
+            std::ptr::copy_nonoverlapping(src, dst, len)
+        },
         // SAFETY: dst valid for writes of `len` bytes, by the contract.
         Descriptor::Memset { dst, value, len } => unsafe { std::ptr::write_bytes(dst, value, len) },
     }
