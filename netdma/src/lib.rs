@@ -23,6 +23,7 @@ pub mod control;
 pub mod counters;
 pub mod link;
 pub mod pair;
+pub mod pipeline;
 pub mod recv;
 pub mod stack;
 

@@ -25,9 +25,10 @@
 
 use crate::adaptive::thread_cpu_ns;
 use crate::config::Copybreak;
-use crate::control::{NetDma, RecvParams};
+use crate::control::{DmaState, NetDma, RecvParams};
 use crate::counters::Fallback;
 use dmaengine::{Cap, Channel, SubmitError, WaitError};
+use parking_lot::RwLockReadGuard;
 use smoltcp::socket::tcp;
 use std::collections::VecDeque;
 use std::sync::atomic::Ordering;
@@ -67,26 +68,9 @@ impl NetDma {
         if let Route::Cpu(reason) = self.route_static(buf.len(), &params) {
             return self.recv_cpu(socket, buf, reason);
         }
-        self.touch(Instant::now());
-        let mut dma = match self.dma.try_read() {
-            Some(guard) => guard,
-            None => return self.recv_cpu(socket, buf, Some(Fallback::Disabled)),
-        };
-        if dma.client.is_none() {
-            drop(dma);
-            self.reacquire(); // lazily, after an idle release
-            dma = match self.dma.try_read() {
-                Some(guard) if guard.client.is_some() => guard,
-                _ => return self.recv_cpu(socket, buf, Some(Fallback::Disabled)),
-            };
-        }
-        let Some(channel) = dma
-            .client
-            .as_ref()
-            .and_then(|c| c.find_channel(Cap::Memcpy))
-        else {
-            drop(dma);
-            return self.recv_cpu(socket, buf, Some(Fallback::NoChannel));
+        let (dma, channel) = match self.eligible_channel() {
+            Ok(found) => found,
+            Err(reason) => return self.recv_cpu(socket, buf, Some(reason)),
         };
         let choice = if params.copybreak.is_auto() {
             Some(self.adaptive.lock().choose())
@@ -125,8 +109,28 @@ impl NetDma {
         Ok(n)
     }
 
+    /// For a read that passed [`route_static`](Self::route_static): this CPU's channel,
+    /// with the read side of the client lock that keeps `disable` waiting while copies
+    /// are in flight. Takes the client again lazily after an idle release.
+    pub(crate) fn eligible_channel(
+        &self,
+    ) -> Result<(RwLockReadGuard<'_, DmaState>, Channel), Fallback> {
+        self.touch(Instant::now());
+        let mut dma = self.dma.try_read().ok_or(Fallback::Disabled)?;
+        if dma.client.is_none() {
+            drop(dma);
+            self.reacquire();
+            dma = self.dma.try_read().ok_or(Fallback::Disabled)?;
+        }
+        let client = dma.client.as_ref().ok_or(Fallback::Disabled)?;
+        let channel = client
+            .find_channel(Cap::Memcpy)
+            .ok_or(Fallback::NoChannel)?;
+        Ok((dma, channel))
+    }
+
     /// The checks that need no channel.
-    fn route_static(&self, len: usize, p: &RecvParams) -> Route {
+    pub(crate) fn route_static(&self, len: usize, p: &RecvParams) -> Route {
         if len == 0 {
             return Route::Cpu(None);
         }
@@ -196,7 +200,7 @@ impl NetDma {
 }
 
 /// The outcome of the checks that need no channel.
-enum Route {
+pub(crate) enum Route {
     /// The CPU copies; the reason to count (`None`: an empty read, nothing to count).
     Cpu(Option<Fallback>),
     /// DMA may copy, if a channel is found.
