@@ -240,6 +240,14 @@ pub struct OwnedTransfer<D: StableBuffer, S: StableBuffer> {
     buffers: Option<(D, S)>,
 }
 
+impl<D: StableBuffer, S: StableBuffer> fmt::Debug for OwnedTransfer<D, S> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("OwnedTransfer")
+            .field("cookie", &self.cookie)
+            .finish_non_exhaustive()
+    }
+}
+
 impl Channel {
     /// Submits a copy of `src` into `dst` (equal lengths), taking ownership of both.
     /// On refusal the buffers come back inside [`Rejected`].
