@@ -1,0 +1,384 @@
+//! The soak harness: many verified streams over the in-memory link while a chaos thread
+//! disables and enables offload, changes the copybreak, hot-adds and force-removes DMA
+//! devices with copies in flight, changes the online CPU set and injects faults.
+//!
+//! Every stream is a pure function of its seed and byte position, so the receiver checks
+//! each byte, and its order, without keeping a copy. A failing seed reproduces the same
+//! chaos schedule (the interleaving with the receiver may differ; the schedule does not).
+
+use dmaengine::{DeviceId, FaultInjector, FaultPlan, SoftwareDevice};
+use netdma::config::{Copybreak, NetDmaConfig};
+use netdma::pair::StackPair;
+use netdma::NetDma;
+use parking_lot::Mutex;
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+use serde::Serialize;
+use smoltcp::iface::SocketHandle;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// What to run.
+#[derive(Clone, Debug)]
+pub struct SoakConfig {
+    /// How long the chaos lasts.
+    pub duration: Duration,
+    /// Seed of the streams and of the chaos schedule.
+    pub seed: u64,
+    /// Concurrent connections.
+    pub connections: usize,
+    /// Link MTU.
+    pub mtu: usize,
+    /// How long, after the chaos stops, the streams may take to deliver what was sent.
+    pub drain_limit: Duration,
+}
+
+impl Default for SoakConfig {
+    fn default() -> Self {
+        SoakConfig {
+            duration: Duration::from_secs(10),
+            seed: 1,
+            connections: 4,
+            mtu: 65535,
+            drain_limit: Duration::from_secs(30),
+        }
+    }
+}
+
+/// What happened. `corrupt_bytes`, `lost_bytes` and `leaked_references` must be 0.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct SoakReport {
+    /// The seed.
+    pub seed: u64,
+    /// Bytes received and checked, in order.
+    pub bytes_verified: u64,
+    /// Bytes that differed from what was sent at their position.
+    pub corrupt_bytes: u64,
+    /// Bytes sent but never received.
+    pub lost_bytes: u64,
+    /// Transfers failed on purpose.
+    pub faults_injected: u64,
+    /// Forced removals of devices (with copies possibly in flight).
+    pub hot_removals: u64,
+    /// Devices added while traffic flowed.
+    pub hot_adds: u64,
+    /// Times offload was disabled or enabled.
+    pub toggles: u64,
+    /// Run-time copybreak changes.
+    pub copybreak_changes: u64,
+    /// Online CPU set changes.
+    pub cpu_set_changes: u64,
+    /// Channel stalls injected.
+    pub stalls: u64,
+    /// Bytes delivered by DMA.
+    pub dma_bytes: u64,
+    /// Bytes delivered by the CPU.
+    pub cpu_fallback_bytes: u64,
+    /// Engine references left after the final disable.
+    pub leaked_references: u64,
+    /// The longest a single read waited, in milliseconds.
+    pub max_stall_ms: f64,
+    /// Seconds the run took in all.
+    pub seconds: f64,
+}
+
+impl SoakReport {
+    /// Whether the run kept every promise.
+    pub fn ok(&self) -> bool {
+        self.corrupt_bytes == 0 && self.lost_bytes == 0 && self.leaked_references == 0
+    }
+}
+
+/// The byte at `pos` of stream `seed` (splitmix64 of the 8-byte block).
+fn stream_byte(seed: u64, pos: u64) -> u8 {
+    let mut z = seed.wrapping_add((pos / 8).wrapping_mul(0x9E37_79B9_7F4A_7C15));
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    z ^= z >> 31;
+    z.to_le_bytes()[(pos % 8) as usize]
+}
+
+struct Conn {
+    server: SocketHandle,
+    client: SocketHandle,
+    seed: u64,
+    sent: u64,
+    received: u64,
+}
+
+/// Devices the chaos thread added, with their fault injectors.
+type Added = Vec<(DeviceId, Arc<FaultInjector<SoftwareDevice>>)>;
+
+/// Runs a soak and reports.
+pub fn run(config: &SoakConfig) -> SoakReport {
+    let started = Instant::now();
+    let netdma_config = NetDmaConfig {
+        // Bounded waits short enough that injected stalls resolve while the run lasts.
+        wait: netdma::config::WaitPolicy {
+            timeout_ms: 100,
+            ..Default::default()
+        },
+        ..NetDmaConfig::default()
+    };
+    let netdma =
+        Arc::new(NetDma::from_config(netdma_config).expect("default configuration is valid"));
+    let mut pair = StackPair::new(config.mtu);
+    let mut conns: Vec<Conn> = (0..config.connections)
+        .map(|i| {
+            let (server, client) = pair.connect(1 << 20, 1 << 20).expect("in-memory handshake");
+            Conn {
+                server,
+                client,
+                seed: config.seed.wrapping_mul(1000).wrapping_add(i as u64),
+                sent: 0,
+                received: 0,
+            }
+        })
+        .collect();
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let added: Arc<Mutex<Added>> = Arc::default();
+    let counters = Arc::new(ChaosCounters::default());
+    let chaos = {
+        let (netdma, stop, added, counters) = (
+            netdma.clone(),
+            stop.clone(),
+            added.clone(),
+            counters.clone(),
+        );
+        let seed = config.seed;
+        Some(std::thread::spawn(move || {
+            chaos_loop(&netdma, &stop, &added, &counters, seed)
+        }))
+    };
+    let mut chaos = chaos;
+
+    let mut report = SoakReport {
+        seed: config.seed,
+        ..SoakReport::default()
+    };
+    let mut rng = ChaCha8Rng::seed_from_u64(config.seed ^ 0xA5A5);
+    let mut buf = vec![0u8; 1 << 20];
+    let mut chunk = vec![0u8; 256 * 1024];
+    let chaos_until = started + config.duration;
+
+    let drain_until = chaos_until + config.drain_limit;
+    loop {
+        let now = Instant::now();
+        if now >= chaos_until {
+            if let Some(thread) = chaos.take() {
+                stop.store(true, Ordering::Relaxed);
+                thread.join().expect("chaos thread");
+                for (_, device) in added.lock().iter() {
+                    device.set_plan(FaultPlan::default());
+                    for chan in 0..2 {
+                        device.unstall(chan);
+                    }
+                }
+            }
+        }
+        let chaos_running = chaos.is_some();
+        if !chaos_running && (conns.iter().all(|c| c.received == c.sent) || now >= drain_until) {
+            break;
+        }
+        for conn in &mut conns {
+            let sock = pair.client.tcp_mut(conn.client);
+            if chaos_running && sock.can_send() {
+                let n = sock.send_capacity() - sock.send_queue();
+                let n = n.min(chunk.len());
+                for (i, b) in chunk[..n].iter_mut().enumerate() {
+                    *b = stream_byte(conn.seed, conn.sent + i as u64);
+                }
+                conn.sent += sock
+                    .send_slice(&chunk[..n])
+                    .expect("send on an open socket") as u64;
+            }
+        }
+        pair.poll();
+        for conn in &mut conns {
+            let read = 1 + rng.random_range(0..buf.len());
+            let read = if rng.random_bool(0.5) {
+                read.min(64 * 1024)
+            } else {
+                read
+            };
+            let t = Instant::now();
+            let n = netdma
+                .recv(pair.server.tcp_mut(conn.server), &mut buf[..read])
+                .expect("the connection stays open");
+            report.max_stall_ms = report.max_stall_ms.max(t.elapsed().as_secs_f64() * 1e3);
+            for (i, &b) in buf[..n].iter().enumerate() {
+                if b != stream_byte(conn.seed, conn.received + i as u64) {
+                    report.corrupt_bytes += 1;
+                }
+            }
+            conn.received += n as u64;
+            report.bytes_verified += n as u64;
+        }
+        netdma.maintain(Instant::now());
+    }
+
+    report.lost_bytes = conns.iter().map(|c| c.sent - c.received).sum();
+    if netdma.is_enabled() {
+        netdma.disable().expect("enabled, so disable succeeds");
+    }
+    report.leaked_references = netdma.engine().total_references() as u64;
+    let stats = netdma.stats();
+    report.dma_bytes = stats.dma_bytes;
+    report.cpu_fallback_bytes = stats.cpu_bytes;
+    report.faults_injected = counters.faults.load(Ordering::Relaxed)
+        + added
+            .lock()
+            .iter()
+            .map(|(_, d)| d.faults_injected())
+            .sum::<u64>();
+    report.hot_removals = counters.removals.load(Ordering::Relaxed);
+    report.hot_adds = counters.adds.load(Ordering::Relaxed);
+    report.toggles = counters.toggles.load(Ordering::Relaxed);
+    report.copybreak_changes = counters.copybreaks.load(Ordering::Relaxed);
+    report.cpu_set_changes = counters.cpu_sets.load(Ordering::Relaxed);
+    report.stalls = counters.stalls.load(Ordering::Relaxed);
+    report.seconds = started.elapsed().as_secs_f64();
+    report
+}
+
+#[derive(Default)]
+struct ChaosCounters {
+    faults: AtomicU64,
+    removals: AtomicU64,
+    adds: AtomicU64,
+    toggles: AtomicU64,
+    copybreaks: AtomicU64,
+    cpu_sets: AtomicU64,
+    stalls: AtomicU64,
+}
+
+fn chaos_loop(
+    netdma: &NetDma,
+    stop: &AtomicBool,
+    added: &Mutex<Added>,
+    counters: &ChaosCounters,
+    seed: u64,
+) {
+    let mut rng = ChaCha8Rng::seed_from_u64(seed);
+    let engine = netdma.engine().clone();
+    let all_cpus = dmaengine::cpu::process_affinity();
+    let mut original = netdma.device();
+    while !stop.load(Ordering::Relaxed) {
+        std::thread::sleep(Duration::from_micros(rng.random_range(500..5000)));
+        match rng.random_range(0..7) {
+            0 => {
+                let result = if netdma.is_enabled() {
+                    netdma.disable()
+                } else {
+                    netdma.enable()
+                };
+                if result.is_ok() {
+                    counters.toggles.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+            1 => {
+                let value = [
+                    Copybreak::Bytes(0),
+                    Copybreak::Bytes(512),
+                    Copybreak::Bytes(4096),
+                    Copybreak::Bytes(65536),
+                    Copybreak::Auto,
+                    Copybreak::Bytes(usize::MAX),
+                ][rng.random_range(0..6)];
+                netdma
+                    .set("net.ipv4.tcp_dma_copybreak", &value.to_string())
+                    .expect("valid copybreak");
+                counters.copybreaks.fetch_add(1, Ordering::Relaxed);
+            }
+            2 => {
+                let device = FaultInjector::new(
+                    SoftwareDevice::builder().channels(2).name("soak").build(),
+                    FaultPlan {
+                        fail_probability: if rng.random_bool(0.5) { 0.05 } else { 0.0 },
+                        seed: rng.random(),
+                        ..FaultPlan::default()
+                    },
+                );
+                if let Ok(id) = engine.register_device(device.clone()) {
+                    added.lock().push((id, device));
+                    counters.adds.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+            3 => {
+                // Force-remove an added device, or now and then the original one.
+                let victim = {
+                    let mut list = added.lock();
+                    if !list.is_empty() && rng.random_bool(0.8) {
+                        let i = rng.random_range(0..list.len());
+                        let (id, device) = list.swap_remove(i);
+                        counters
+                            .faults
+                            .fetch_add(device.faults_injected(), Ordering::Relaxed);
+                        Some(id)
+                    } else {
+                        original.take()
+                    }
+                };
+                if let Some(id) = victim {
+                    if engine.remove_device(id).is_ok() {
+                        counters.removals.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+            }
+            4 => {
+                let mut cpus: Vec<usize> = all_cpus
+                    .iter()
+                    .copied()
+                    .filter(|_| rng.random_bool(0.6))
+                    .collect();
+                if cpus.is_empty() {
+                    cpus.push(all_cpus[0]);
+                }
+                if engine.set_online_cpus(&cpus).is_ok() {
+                    counters.cpu_sets.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+            5 => {
+                let list = added.lock();
+                if !list.is_empty() {
+                    let (_, device) = &list[rng.random_range(0..list.len())];
+                    let chan = rng.random_range(0..2);
+                    device.stall(chan);
+                    counters.stalls.fetch_add(1, Ordering::Relaxed);
+                    let device = device.clone();
+                    let delay = Duration::from_millis(rng.random_range(1..150));
+                    std::thread::spawn(move || {
+                        std::thread::sleep(delay);
+                        device.unstall(chan);
+                    });
+                }
+            }
+            _ => {
+                let list = added.lock();
+                if !list.is_empty() {
+                    let (_, device) = &list[rng.random_range(0..list.len())];
+                    device.set_plan(FaultPlan {
+                        fail_probability: rng.random_range(0.0..0.3),
+                        fail_every: rng.random_bool(0.3).then(|| rng.random_range(2..10)),
+                        seed: rng.random(),
+                    });
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stream_bytes_depend_on_seed_and_position() {
+        let a: Vec<u8> = (0..64).map(|i| stream_byte(1, i)).collect();
+        let b: Vec<u8> = (0..64).map(|i| stream_byte(2, i)).collect();
+        assert_ne!(a, b);
+        assert_eq!(a, (0..64).map(|i| stream_byte(1, i)).collect::<Vec<_>>());
+    }
+}

@@ -1,0 +1,23 @@
+//! A short soak run: seeded chaos against verified streams (issue: reliability).
+
+use netdma_suite::soak::{run, SoakConfig};
+use std::time::Duration;
+
+#[test]
+fn short_runs_of_chaos_lose_and_corrupt_nothing() {
+    for seed in [1, 2] {
+        let report = run(&SoakConfig {
+            duration: Duration::from_millis(1500),
+            seed,
+            ..SoakConfig::default()
+        });
+        assert_eq!(report.corrupt_bytes, 0, "{report:?}");
+        assert_eq!(report.lost_bytes, 0, "{report:?}");
+        assert_eq!(report.leaked_references, 0, "{report:?}");
+        assert!(report.bytes_verified > 0, "{report:?}");
+        assert!(
+            report.toggles + report.hot_adds + report.copybreak_changes > 0,
+            "no chaos happened: {report:?}"
+        );
+    }
+}
