@@ -252,8 +252,14 @@ impl Inner {
         let pos = state.position(id)?;
         let dev = state.devices.remove(pos);
         let references = dev.references();
+        // First publish a table without the device, so that `find_channel` stops handing
+        // out its channels before the (slow) termination below: otherwise users keep
+        // finding a dead channel, failing and falling back, for the whole removal.
+        self.update(&mut state);
         // New submissions fail from here on; then everything in flight is finished or
-        // failed, so no transfer of this device touches memory after we return.
+        // failed, so no transfer of this device touches memory after we return. (A
+        // submission that passed the `alive` check just before is drained by
+        // `free_chan_resources`, Provider rule 3.)
         for chan in &dev.channels {
             chan.alive.store(false, Ordering::Release);
         }
@@ -266,7 +272,6 @@ impl Inner {
             chan.private_held.store(false, Ordering::Relaxed);
         }
         tracing::warn!(device = %id, references, "device hot-removed");
-        self.update(&mut state);
         Ok(references)
     }
 
@@ -417,11 +422,6 @@ impl Inner {
             .filter(|c| c.client_count.load(Ordering::Relaxed) > 0)
             .cloned()
             .collect();
-        for dev in state.devices.iter().filter(|d| d.is_private()) {
-            for chan in &dev.channels {
-                chan.table_count.store(0, Ordering::Relaxed);
-            }
-        }
         let slots = state.possible;
         let new_table = table::distribute(&candidates, wanted, &state.online, slots);
         state.stats.rebalances += 1;
@@ -502,6 +502,11 @@ impl State {
                 .filter(|c| !c.private_held.load(Ordering::Relaxed))
             {
                 chan.client_count.store(holders, Ordering::Relaxed);
+                if holders == 0 {
+                    // Unreferenced channels leave the table; `distribute` only resets the
+                    // counts of the channels it considers (the referenced ones).
+                    chan.table_count.store(0, Ordering::Relaxed);
+                }
                 self.stats.channel_ref_updates += 1;
             }
             tracing::debug!(device = %dev.id, from = dev.holders, to = holders, "device references");

@@ -91,15 +91,17 @@ impl<P: Provider> FaultInjector<P> {
         &self.inner
     }
 
-    fn should_fail(&self) -> bool {
-        let n = self.submitted.fetch_add(1, Ordering::Relaxed) + 1;
-        let mut guard = self.plan.lock();
-        let (plan, rng) = &mut *guard;
+    /// Whether transfer number `n` (1-based, counting accepted transfers) fails, and the
+    /// generator state after deciding. The caller commits both only if the wrapped device
+    /// accepts the descriptor, so a refused submission (ring full, no resources) neither
+    /// counts as a transfer nor consumes a random draw.
+    fn decide(plan: &FaultPlan, rng: &ChaCha8Rng, n: u64) -> (bool, ChaCha8Rng) {
+        let mut rng = rng.clone();
         let every = plan
             .fail_every
             .is_some_and(|k| k > 0 && n.is_multiple_of(k));
         let random = plan.fail_probability > 0.0 && rng.random_bool(plan.fail_probability.min(1.0));
-        every || random
+        (every || random, rng)
     }
 }
 
@@ -140,7 +142,13 @@ unsafe impl<P: Provider> Provider for FaultInjector<P> {
         if self.vanished.load(Ordering::SeqCst) {
             return Err(ProviderSubmitError::Gone);
         }
-        let fail = self.should_fail();
+        // Held across the wrapped submit, so that the decision and the transfer count
+        // advance together and only for accepted descriptors (serializing this device's
+        // submissions, which is fine for a test wrapper).
+        let mut guard = self.plan.lock();
+        let (plan, rng) = &mut *guard;
+        let n = self.submitted.load(Ordering::Relaxed) + 1;
+        let (fail, next_rng) = Self::decide(plan, rng, n);
         // A failing transfer writes only its first half, as a DMA that died part way.
         let desc = if fail {
             match desc {
@@ -161,6 +169,9 @@ unsafe impl<P: Provider> Provider for FaultInjector<P> {
         // SAFETY: the caller's contract covers `desc`, and a shortened descriptor names a
         // prefix of the same memory.
         let seq = unsafe { self.inner.submit(chan, desc) }?;
+        *rng = next_rng;
+        self.submitted.store(n, Ordering::Relaxed);
+        drop(guard);
         if fail {
             self.failed.lock().insert((chan, seq));
             self.injected[chan].fetch_add(1, Ordering::Relaxed);

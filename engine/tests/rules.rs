@@ -366,7 +366,10 @@ fn table_spans_devices_in_registration_order() {
     let _client = engine.client(memcpy());
     let (ca, cb) = (channel_ids(&engine, a)[0], channel_ids(&engine, b)[0]);
     // CPU 2: no third channel, so the lowest table count, first in order on a tie.
-    assert_eq!(memcpy_column(&engine, 3), vec![Some(ca), Some(cb), Some(ca)]);
+    assert_eq!(
+        memcpy_column(&engine, 3),
+        vec![Some(ca), Some(cb), Some(ca)]
+    );
 }
 
 #[test]
@@ -577,7 +580,11 @@ fn private_capability_device_never_appears_in_the_table() {
     assert!(engine.snapshot().table.memcpy.iter().all(Option::is_none));
     assert_eq!(refs(&engine, id), 0);
     assert_eq!(dev.allocated_channels(), 0);
-    assert_eq!(engine.stats().mask_tests, 0, "a private device is not tested");
+    assert_eq!(
+        engine.stats().mask_tests,
+        0,
+        "a private device is not tested"
+    );
     // But it hands out private channels, even while public clients exist.
     let chan = private(&engine, memcpy());
     assert_eq!(chan.device(), id);
@@ -812,7 +819,11 @@ fn full_ring_is_a_typed_error_and_clears_after_waiting() {
     });
     let done: Vec<bool> = dst.chunks(16).map(|c| c == &src[..]).collect();
     assert_eq!(done, vec![true, true, true, true, false, true]);
-    assert_eq!(chan.counters().memcpy_count, 5, "the refused one is not counted");
+    assert_eq!(
+        chan.counters().memcpy_count,
+        5,
+        "the refused one is not counted"
+    );
 }
 
 #[test]
@@ -992,7 +1003,11 @@ fn scope_timeout_cancels_stalled_transfers() {
     assert!(dst.iter().all(|&b| b == 0), "cancelled before it started");
     assert_eq!(chan.status(cookie), Ok(TxStatus::Error));
     assert_eq!(chan.counters().errors, 1);
-    assert_eq!(dev.faults_injected(), 0, "a cancellation, not an injected fault");
+    assert_eq!(
+        dev.faults_injected(),
+        0,
+        "a cancellation, not an injected fault"
+    );
 }
 
 #[test]
@@ -1030,7 +1045,9 @@ fn dropping_an_unfinished_owned_transfer_waits_for_it() {
     engine.register_device(dev.clone()).unwrap();
     let chan = private(&engine, memcpy());
     dev.stall(0);
-    let t = chan.memcpy_owned(vec![0u8; 4096], pattern(4096, 13)).unwrap();
+    let t = chan
+        .memcpy_owned(vec![0u8; 4096], pattern(4096, 13))
+        .unwrap();
     let cookie = t.cookie();
     let unstaller = {
         let dev = dev.clone();
@@ -1040,7 +1057,11 @@ fn dropping_an_unfinished_owned_transfer_waits_for_it() {
         })
     };
     drop(t); // blocks until the unstalled copy completes (5 s bound)
-    assert_eq!(chan.status(cookie), Ok(TxStatus::Complete), "waited, not cancelled");
+    assert_eq!(
+        chan.status(cookie),
+        Ok(TxStatus::Complete),
+        "waited, not cancelled"
+    );
     assert_eq!(chan.counters().errors, 0);
     unstaller.join().unwrap();
 }
@@ -1235,10 +1256,12 @@ fn counters_count_submissions_bytes_and_users() {
     let mut fill = vec![0u8; 10];
     scope(|s| {
         for part in dst.chunks_mut(100) {
-            s.memcpy(&chan, part, &src).unwrap();
+            let _unwaited = s.memcpy(&chan, part, &src).unwrap();
         }
-        s.memset(&chan, &mut fill, 1).unwrap();
+        let _unwaited = s.memset(&chan, &mut fill, 1).unwrap();
     });
+    assert!(dst.chunks(100).all(|c| c == &src[..]));
+    assert_eq!(fill, vec![1u8; 10]);
     let c = chan.counters();
     assert_eq!(
         (c.memcpy_count, c.memset_count, c.bytes_transferred),
@@ -1306,4 +1329,69 @@ fn snapshot_serializes_devices_channels_and_table() {
         serde_json::json!(channel_ids(&engine, id)[0])
     );
     assert!(v["table"]["memset"].as_array().unwrap().is_empty());
+}
+
+// ---------------------------------------------------------------------------------------
+// Regressions
+// ---------------------------------------------------------------------------------------
+
+#[test]
+fn table_counts_reset_when_channels_leave_the_table() {
+    let engine = Engine::new();
+    engine.set_online_cpus(&[0, 1, 2, 3]).unwrap();
+    let id = engine
+        .register_device(MockDevice::new("a", memcpy(), 2))
+        .unwrap();
+    let client = engine.client(memcpy());
+    let counts = |engine: &Engine| -> Vec<usize> {
+        device(engine, id)
+            .channels
+            .iter()
+            .map(|c| c.table_count)
+            .collect()
+    };
+    assert_eq!(counts(&engine), vec![2, 2]);
+    drop(client);
+    assert_eq!(
+        counts(&engine),
+        vec![0, 0],
+        "no slot points at them any more"
+    );
+    let chan = private(&engine, memcpy());
+    assert_eq!(counts(&engine), vec![0, 0]);
+    drop(chan);
+}
+
+#[test]
+fn refused_submissions_do_not_count_as_transfers_for_faults() {
+    let engine = Engine::new();
+    let plan = FaultPlan {
+        fail_every: Some(3),
+        ..FaultPlan::default()
+    };
+    let dev = FaultInjector::new(
+        SoftwareDevice::builder()
+            .name("refused")
+            .channels(1)
+            .ring_size(2)
+            .build(),
+        plan,
+    );
+    engine.register_device(dev.clone()).unwrap();
+    let chan = private(&engine, memcpy());
+    let src = pattern(64, 17);
+    let t1 = chan.memcpy_owned(vec![0u8; 64], src.clone()).unwrap();
+    let t2 = chan.memcpy_owned(vec![0u8; 64], src.clone()).unwrap();
+    let refused = chan.memcpy_owned(vec![0u8; 64], src.clone()).unwrap_err();
+    assert_eq!(refused.error, SubmitError::RingFull { capacity: 2 });
+    assert_eq!(t1.wait(DEFAULT_WAIT_TIMEOUT).0, Ok(()));
+    assert_eq!(t2.wait(DEFAULT_WAIT_TIMEOUT).0, Ok(()));
+    // The third *transfer* is the next accepted one, and it fails.
+    let t3 = chan.memcpy_owned(vec![0u8; 64], src).unwrap();
+    let cookie = t3.cookie();
+    assert_eq!(
+        t3.wait(DEFAULT_WAIT_TIMEOUT).0,
+        Err(WaitError::Failed(cookie))
+    );
+    assert_eq!(dev.faults_injected(), 1);
 }
