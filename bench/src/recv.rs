@@ -1,0 +1,411 @@
+//! The receive comparison: one TCP connection between two smoltcp stacks over the
+//! in-memory link, streamed through and received by each [`RecvMode`] in turn.
+//!
+//! Each run measures the wall-clock throughput and the receiving side's own CPU time
+//! (`CLOCK_THREAD_CPUTIME_ID`, via [`netdma::thread_cpu_ns`]) per MiB. With
+//! [`Pump::SameThread`] one thread drives both stacks (so on a 2-core machine the DMA
+//! worker has the other core to itself) and the receiving side's CPU is the time spent in
+//! the server stack's poll and in the reads; with [`Pump::SenderThread`] the sender runs on
+//! its own thread and the receiving thread's whole CPU time counts.
+//!
+//! The sender enqueues bytes without copying them (`tcp::Socket::send` with a closure
+//! that only claims space), so the stream's cost is the protocol processing, smoltcp's own
+//! packet copies, and the copy under test. Add a mode by adding a [`RecvMode`] variant.
+
+use dmaengine::cpu;
+use netdma::link::MemoryLink;
+use netdma::pair::StackPair;
+use netdma::stack::Stack;
+use netdma::{thread_cpu_ns, Copybreak, NetDma, NetDmaConfig};
+use serde::Serialize;
+use smoltcp::iface::SocketHandle;
+use smoltcp::socket::tcp;
+use std::fmt;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// How the receiver consumes the stream.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize)]
+pub enum RecvMode {
+    /// smoltcp's own `recv_slice` (no netdma at all): the baseline.
+    Plain,
+    /// Consumes the bytes without copying them (`tcp::Socket::recv` returning the length):
+    /// the floor no offload can beat.
+    NoCopy,
+    /// `NetDma::recv` with the copybreak at `usize::MAX`: every read below the copybreak,
+    /// copied by the CPU.
+    NetDmaCpu,
+    /// `NetDma::recv` with the copybreak at 0: every read offloaded (64 KiB descriptors,
+    /// up to 8 in flight).
+    NetDmaDma,
+    /// As [`RecvMode::NetDmaDma`], with 25% of each copy done by the CPU meanwhile.
+    NetDmaDmaSplit,
+    /// `NetDma::recv` with `tcp_dma_copybreak = "auto"`.
+    Auto,
+}
+
+impl RecvMode {
+    /// Every mode, in the order the report runs them.
+    pub const ALL: [RecvMode; 6] = [
+        RecvMode::Plain,
+        RecvMode::NetDmaCpu,
+        RecvMode::NetDmaDma,
+        RecvMode::NetDmaDmaSplit,
+        RecvMode::Auto,
+        RecvMode::NoCopy,
+    ];
+
+    /// A short name (JSON keys, tables, bench ids).
+    pub fn name(self) -> &'static str {
+        match self {
+            RecvMode::Plain => "smoltcp",
+            RecvMode::NoCopy => "nocopy",
+            RecvMode::NetDmaCpu => "netdma-cpu",
+            RecvMode::NetDmaDma => "netdma-dma",
+            RecvMode::NetDmaDmaSplit => "netdma-dma-split",
+            RecvMode::Auto => "netdma-auto",
+        }
+    }
+
+    /// Whether the mode offloads copies to DMA (a candidate for "the best DMA mode").
+    pub fn is_dma(self) -> bool {
+        matches!(self, RecvMode::NetDmaDma | RecvMode::NetDmaDmaSplit)
+    }
+
+    /// The netdma configuration the mode runs with; `None` for modes without netdma.
+    pub fn config(self) -> Option<NetDmaConfig> {
+        let base = NetDmaConfig {
+            idle_release_ms: 0,
+            ..NetDmaConfig::default()
+        };
+        match self {
+            RecvMode::Plain | RecvMode::NoCopy => None,
+            RecvMode::NetDmaCpu => Some(NetDmaConfig {
+                tcp_dma_copybreak: Copybreak::Bytes(usize::MAX),
+                ..base
+            }),
+            RecvMode::NetDmaDma => Some(NetDmaConfig {
+                tcp_dma_copybreak: Copybreak::Bytes(0),
+                ..base
+            }),
+            RecvMode::NetDmaDmaSplit => Some(NetDmaConfig {
+                tcp_dma_copybreak: Copybreak::Bytes(0),
+                cpu_fraction: 0.25,
+                ..base
+            }),
+            RecvMode::Auto => Some(NetDmaConfig {
+                tcp_dma_copybreak: Copybreak::Auto,
+                ..base
+            }),
+        }
+    }
+}
+
+impl fmt::Display for RecvMode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// Who drives the sending stack.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+pub enum Pump {
+    /// The receiving thread polls both stacks.
+    SameThread,
+    /// A sender thread polls the client stack; the receiving thread only the server's.
+    SenderThread,
+}
+
+/// One streamed run.
+#[derive(Clone, Copy, Debug, Default, Serialize)]
+pub struct StreamResult {
+    /// Bytes received.
+    pub bytes: u64,
+    /// Wall-clock nanoseconds from the first poll to the last byte received.
+    pub wall_ns: u64,
+    /// CPU nanoseconds the receiving side spent (see the module docs).
+    pub recv_cpu_ns: u64,
+}
+
+impl StreamResult {
+    /// Throughput in MiB/s.
+    pub fn mib_per_s(&self) -> f64 {
+        self.bytes as f64 / crate::MIB as f64 / (self.wall_ns.max(1) as f64 / 1e9)
+    }
+
+    /// Receiving-side CPU microseconds per MiB.
+    pub fn cpu_us_per_mib(&self) -> f64 {
+        self.recv_cpu_ns as f64 / 1e3 / (self.bytes.max(1) as f64 / crate::MIB as f64)
+    }
+}
+
+/// A connection and the netdma instances for the modes, reused across runs so that every
+/// mode sees the same connection state (and the adaptive mode keeps what it learned).
+pub struct RecvBed {
+    mtu: usize,
+    server: Stack<MemoryLink>,
+    client: Option<Stack<MemoryLink>>,
+    sh: SocketHandle,
+    ch: SocketHandle,
+    netdmas: Vec<(RecvMode, NetDma)>,
+    buf: Vec<u8>,
+    pump: Pump,
+}
+
+impl fmt::Debug for RecvBed {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RecvBed")
+            .field("mtu", &self.mtu)
+            .field("pump", &self.pump)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Socket buffer size (each direction, each side) used unless told otherwise: 1 MiB.
+pub const DEFAULT_SOCKET_BYTES: usize = crate::MIB;
+
+impl RecvBed {
+    /// Connects two stacks at IP MTU `mtu` with `socket_bytes` of socket buffer and
+    /// builds a netdma instance for each mode in `modes` that needs one; reads up to
+    /// `max_read` bytes at a time.
+    pub fn new(
+        mtu: usize,
+        socket_bytes: usize,
+        max_read: usize,
+        pump: Pump,
+        modes: &[RecvMode],
+    ) -> Result<RecvBed, String> {
+        let mut pair = StackPair::new(mtu);
+        let (sh, ch) = pair
+            .connect(socket_bytes, socket_bytes)
+            .map_err(|e| e.to_string())?;
+        let StackPair { server, client, .. } = pair;
+        let mut netdmas = Vec::new();
+        for &mode in modes {
+            if let Some(cfg) = mode.config() {
+                if !netdmas.iter().any(|(m, _)| *m == mode) {
+                    netdmas.push((mode, NetDma::from_config(cfg).map_err(|e| e.to_string())?));
+                }
+            }
+        }
+        Ok(RecvBed {
+            mtu,
+            server,
+            client: Some(client),
+            sh,
+            ch,
+            netdmas,
+            buf: vec![0u8; max_read.max(1)],
+            pump,
+        })
+    }
+
+    /// The link MTU.
+    pub fn mtu(&self) -> usize {
+        self.mtu
+    }
+
+    /// The netdma instance of `mode`, if it has one.
+    pub fn netdma(&self, mode: RecvMode) -> Option<&NetDma> {
+        self.netdmas
+            .iter()
+            .find(|(m, _)| *m == mode)
+            .map(|(_, n)| n)
+    }
+
+    /// Streams `total` bytes and receives them with `mode`, `read_size` bytes per read.
+    ///
+    /// # Panics
+    ///
+    /// If `read_size` exceeds the bed's `max_read`, or the stream stalls for 10 s.
+    pub fn run(&mut self, mode: RecvMode, read_size: usize, total: usize) -> StreamResult {
+        assert!(read_size > 0 && read_size <= self.buf.len());
+        match self.pump {
+            Pump::SameThread => self.run_same_thread(mode, read_size, total),
+            Pump::SenderThread => self.run_sender_thread(mode, read_size, total),
+        }
+    }
+
+    fn run_same_thread(&mut self, mode: RecvMode, read_size: usize, total: usize) -> StreamResult {
+        let netdma = self
+            .netdmas
+            .iter()
+            .find(|(m, _)| *m == mode)
+            .map(|(_, n)| n);
+        let client = self.client.as_mut().expect("client stack present");
+        let (mut sent, mut received, mut recv_cpu) = (0usize, 0usize, 0u64);
+        let start = Instant::now();
+        let mut last_progress = start;
+        while received < total {
+            if sent < total {
+                sent += fill(client.tcp_mut(self.ch), total - sent);
+            }
+            client.poll();
+            let c0 = thread_cpu_ns();
+            self.server.poll();
+            let sock = self.server.tcp_mut(self.sh);
+            let got = drain(
+                mode,
+                netdma,
+                sock,
+                &mut self.buf[..read_size],
+                total - received,
+            );
+            recv_cpu += thread_cpu_ns().saturating_sub(c0);
+            received += got;
+            if got > 0 {
+                last_progress = Instant::now();
+            } else {
+                assert!(
+                    last_progress.elapsed() < Duration::from_secs(10),
+                    "stream stalled at {received}/{total} bytes ({mode})"
+                );
+            }
+        }
+        StreamResult {
+            bytes: received as u64,
+            wall_ns: start.elapsed().as_nanos() as u64,
+            recv_cpu_ns: recv_cpu,
+        }
+    }
+
+    fn run_sender_thread(
+        &mut self,
+        mode: RecvMode,
+        read_size: usize,
+        total: usize,
+    ) -> StreamResult {
+        let mut client = self.client.take().expect("client stack present");
+        let ch = self.ch;
+        let done = Arc::new(AtomicBool::new(false));
+        let sender = {
+            let done = done.clone();
+            std::thread::spawn(move || {
+                let mut sent = 0;
+                while !done.load(Ordering::Relaxed) {
+                    if sent < total {
+                        sent += fill(client.tcp_mut(ch), total - sent);
+                    }
+                    client.poll();
+                }
+                client
+            })
+        };
+        let netdma = self
+            .netdmas
+            .iter()
+            .find(|(m, _)| *m == mode)
+            .map(|(_, n)| n);
+        let (mut received, c0) = (0usize, thread_cpu_ns());
+        let start = Instant::now();
+        let mut last_progress = start;
+        let mut stalled = false;
+        while received < total {
+            self.server.poll();
+            let sock = self.server.tcp_mut(self.sh);
+            let got = drain(
+                mode,
+                netdma,
+                sock,
+                &mut self.buf[..read_size],
+                total - received,
+            );
+            received += got;
+            if got > 0 {
+                last_progress = Instant::now();
+            } else if last_progress.elapsed() > Duration::from_secs(10) {
+                stalled = true;
+                break;
+            }
+        }
+        let result = StreamResult {
+            bytes: received as u64,
+            wall_ns: start.elapsed().as_nanos() as u64,
+            recv_cpu_ns: thread_cpu_ns().saturating_sub(c0),
+        };
+        // Let the sender see its last ACKs, so the next run starts with an idle connection.
+        let settle = Instant::now();
+        while settle.elapsed() < Duration::from_millis(2) {
+            self.server.poll();
+        }
+        done.store(true, Ordering::Relaxed);
+        self.client = Some(sender.join().expect("sender thread panicked"));
+        assert!(
+            !stalled,
+            "stream stalled at {received}/{total} bytes ({mode})"
+        );
+        result
+    }
+}
+
+/// Claims up to `want` bytes of the send buffer without writing them; returns how many.
+fn fill(sock: &mut tcp::Socket<'_>, want: usize) -> usize {
+    if !sock.can_send() {
+        return 0;
+    }
+    sock.send(|b| {
+        let n = b.len().min(want);
+        (n, n)
+    })
+    .unwrap_or(0)
+}
+
+/// Reads with `mode` until the socket has nothing more (or `limit` bytes were read).
+fn drain(
+    mode: RecvMode,
+    netdma: Option<&NetDma>,
+    sock: &mut tcp::Socket<'_>,
+    buf: &mut [u8],
+    limit: usize,
+) -> usize {
+    let mut got = 0;
+    while got < limit {
+        let want = buf.len().min(limit - got);
+        let n = read_once(mode, netdma, sock, &mut buf[..want]);
+        if n == 0 {
+            break;
+        }
+        got += n;
+    }
+    got
+}
+
+/// One read of at most `buf.len()` bytes with `mode`; 0 when nothing is waiting.
+pub fn read_once(
+    mode: RecvMode,
+    netdma: Option<&NetDma>,
+    sock: &mut tcp::Socket<'_>,
+    buf: &mut [u8],
+) -> usize {
+    match (mode, netdma) {
+        (RecvMode::Plain, _) => sock.recv_slice(buf).unwrap_or(0),
+        (RecvMode::NoCopy, _) => {
+            // Two regions at most (the ring wraps), as recv_slice does.
+            let mut got = 0;
+            for _ in 0..2 {
+                let want = buf.len() - got;
+                let n = sock
+                    .recv(|region| {
+                        let n = region.len().min(want);
+                        (n, n)
+                    })
+                    .unwrap_or(0);
+                got += n;
+                if n == 0 || got == buf.len() {
+                    break;
+                }
+            }
+            got
+        }
+        (_, Some(n)) => n.recv(sock, buf).unwrap_or(0),
+        (_, None) => panic!("mode {mode} needs a netdma instance"),
+    }
+}
+
+/// The pair of CPUs the process may use, for pinning a harness (best effort).
+pub fn pin_receiver() -> Option<usize> {
+    let cpus = cpu::process_affinity();
+    let first = *cpus.first()?;
+    cpu::pin_current_thread(first).ok().map(|_| first)
+}
