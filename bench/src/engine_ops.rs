@@ -111,17 +111,12 @@ impl EngineBed {
         };
         let start = Instant::now();
         chan.issue_pending();
-        loop {
-            match chan.status(cookie) {
-                Ok(TxStatus::InProgress) => {
-                    if start.elapsed() > Duration::from_secs(5) {
-                        chan.terminate_all();
-                        break;
-                    }
-                    std::hint::spin_loop();
-                }
-                _ => break,
+        while let Ok(TxStatus::InProgress) = chan.status(cookie) {
+            if start.elapsed() > Duration::from_secs(5) {
+                chan.terminate_all();
+                break;
             }
+            std::hint::spin_loop();
         }
         start.elapsed().as_nanos() as u64
     }

@@ -5,8 +5,11 @@
 //! (`CLOCK_THREAD_CPUTIME_ID`, via [`netdma::thread_cpu_ns`]) per MiB. With
 //! [`Pump::SameThread`] one thread drives both stacks (so on a 2-core machine the DMA
 //! worker has the other core to itself) and the receiving side's CPU is the time spent in
-//! the server stack's poll and in the reads; with [`Pump::SenderThread`] the sender runs on
-//! its own thread and the receiving thread's whole CPU time counts.
+//! the server stack's poll and in the reads: timed with the monotonic clock (reading the
+//! thread CPU clock is a system call, far too slow to wrap every poll), then scaled by the
+//! thread's share of CPU over the run (CPU time / wall time, < 1 only if preempted). With
+//! [`Pump::SenderThread`] the sender runs on its own thread and the receiving thread's
+//! whole CPU time counts.
 //!
 //! The sender enqueues bytes without copying them (`tcp::Socket::send` with a closure
 //! that only claims space), so the stream's cost is the protocol processing, smoltcp's own
@@ -234,7 +237,8 @@ impl RecvBed {
             .find(|(m, _)| *m == mode)
             .map(|(_, n)| n);
         let client = self.client.as_mut().expect("client stack present");
-        let (mut sent, mut received, mut recv_cpu) = (0usize, 0usize, 0u64);
+        let (mut sent, mut received, mut recv_wall) = (0usize, 0usize, 0u64);
+        let cpu0 = thread_cpu_ns();
         let start = Instant::now();
         let mut last_progress = start;
         while received < total {
@@ -242,7 +246,7 @@ impl RecvBed {
                 sent += fill(client.tcp_mut(self.ch), total - sent);
             }
             client.poll();
-            let c0 = thread_cpu_ns();
+            let t0 = Instant::now();
             self.server.poll();
             let sock = self.server.tcp_mut(self.sh);
             let got = drain(
@@ -252,7 +256,7 @@ impl RecvBed {
                 &mut self.buf[..read_size],
                 total - received,
             );
-            recv_cpu += thread_cpu_ns().saturating_sub(c0);
+            recv_wall += t0.elapsed().as_nanos() as u64;
             received += got;
             if got > 0 {
                 last_progress = Instant::now();
@@ -263,10 +267,14 @@ impl RecvBed {
                 );
             }
         }
+        let wall_ns = start.elapsed().as_nanos() as u64;
+        // The thread runs flat out, so its CPU time is its wall time less preemption;
+        // scale the receiving side's wall time by that share.
+        let on_cpu = (thread_cpu_ns().saturating_sub(cpu0) as f64 / wall_ns.max(1) as f64).min(1.0);
         StreamResult {
             bytes: received as u64,
-            wall_ns: start.elapsed().as_nanos() as u64,
-            recv_cpu_ns: recv_cpu,
+            wall_ns,
+            recv_cpu_ns: (recv_wall as f64 * on_cpu) as u64,
         }
     }
 

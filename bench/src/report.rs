@@ -317,7 +317,11 @@ pub fn measure_copies(scale: &Scale, log: &mut dyn FnMut(&str)) -> Result<Vec<Co
     let mut samples: BTreeMap<(usize, usize, usize, usize), Vec<f64>> = BTreeMap::new();
     let modes = copy_modes(n);
     for round in 0..scale.copy_rounds.max(1) {
-        log(&format!("copy round {}/{}", round + 1, scale.copy_rounds.max(1)));
+        log(&format!(
+            "copy round {}/{}",
+            round + 1,
+            scale.copy_rounds.max(1)
+        ));
         for (ti, temp) in [Temp::Hot, Temp::Cold].into_iter().enumerate() {
             for (si, &size) in scale.copy_sizes.iter().enumerate() {
                 if temp == Temp::Cold && size < 4 * KIB {
@@ -367,7 +371,12 @@ fn interleave(
     out
 }
 
-fn summarize(mtu: usize, read: usize, mode: RecvMode, runs: &[crate::recv::StreamResult]) -> RecvRow {
+fn summarize(
+    mtu: usize,
+    read: usize,
+    mode: RecvMode,
+    runs: &[crate::recv::StreamResult],
+) -> RecvRow {
     let mut t: Vec<f64> = runs.iter().map(|r| r.mib_per_s()).collect();
     let mut c: Vec<f64> = runs.iter().map(|r| r.cpu_us_per_mib()).collect();
     RecvRow {
@@ -441,13 +450,22 @@ pub fn measure_headline(scale: &Scale, log: &mut dyn FnMut(&str)) -> Result<Head
 }
 
 /// The per-size receive table.
-pub fn measure_recv_table(scale: &Scale, log: &mut dyn FnMut(&str)) -> Result<Vec<RecvRow>, String> {
+pub fn measure_recv_table(
+    scale: &Scale,
+    log: &mut dyn FnMut(&str),
+) -> Result<Vec<RecvRow>, String> {
     let modes = RecvMode::ALL;
     let max_read = scale.table_reads.iter().copied().max().unwrap_or(KIB);
     let mut rows = Vec::new();
     for &mtu in &scale.table_mtus {
         log(&format!("recv table: MTU {mtu}"));
-        let mut bed = RecvBed::new(mtu, DEFAULT_SOCKET_BYTES, max_read, Pump::SameThread, &modes)?;
+        let mut bed = RecvBed::new(
+            mtu,
+            DEFAULT_SOCKET_BYTES,
+            max_read,
+            Pump::SameThread,
+            &modes,
+        )?;
         interleave(&mut bed, &modes, max_read, MIB, 1);
         for &read in &scale.table_reads {
             let runs = interleave(&mut bed, &modes, read, scale.table.1, scale.table.0);
@@ -518,12 +536,37 @@ impl Report {
             bound,
             condition,
             applies,
-            met: if op == ">=" { value >= bound } else { value <= bound },
+            met: if op == ">=" {
+                value >= bound
+            } else {
+                value <= bound
+            },
         };
         vec![
-            t("recv_below_copybreak_ratio", h.recv_below_copybreak_ratio, ">=", 0.98, "", true),
-            t("auto_throughput_ratio", h.auto_throughput_ratio, ">=", 0.97, "", true),
-            t("recv_dma_throughput_ratio", h.recv_dma_throughput_ratio, ">=", 1.10, near, rtt_ok),
+            t(
+                "recv_below_copybreak_ratio",
+                h.recv_below_copybreak_ratio,
+                ">=",
+                0.98,
+                "",
+                true,
+            ),
+            t(
+                "auto_throughput_ratio",
+                h.auto_throughput_ratio,
+                ">=",
+                0.97,
+                "",
+                true,
+            ),
+            t(
+                "recv_dma_throughput_ratio",
+                h.recv_dma_throughput_ratio,
+                ">=",
+                1.10,
+                near,
+                rtt_ok,
+            ),
             t(
                 "app_cpu_per_mib_ratio",
                 h.app_cpu_per_mib_ratio,
@@ -532,9 +575,30 @@ impl Report {
                 near,
                 rtt_ok,
             ),
-            t("find_channel_ns", self.find_channel_ns, "<=", 10.0, "", true),
-            t("submit_ns_per_desc", self.submit_ns_per_desc, "<=", 30.0, "", true),
-            t("completion_p50_ns", self.completion.p50_ns, "<=", 300.0, "worker spinning", true),
+            t(
+                "find_channel_ns",
+                self.find_channel_ns,
+                "<=",
+                10.0,
+                "",
+                true,
+            ),
+            t(
+                "submit_ns_per_desc",
+                self.submit_ns_per_desc,
+                "<=",
+                30.0,
+                "",
+                true,
+            ),
+            t(
+                "completion_p50_ns",
+                self.completion.p50_ns,
+                "<=",
+                300.0,
+                "worker spinning",
+                true,
+            ),
         ]
     }
 
@@ -547,22 +611,43 @@ impl Report {
         };
         put("cross_core_rtt_ns", json!(self.rtt.rtt_ns));
         put("cross_core_rtt_end_ns", json!(self.rtt_end.rtt_ns));
-        put("recv_below_copybreak_ratio", json!(h.recv_below_copybreak_ratio));
+        put(
+            "recv_below_copybreak_ratio",
+            json!(h.recv_below_copybreak_ratio),
+        );
         put("auto_throughput_ratio", json!(h.auto_throughput_ratio));
-        put("recv_dma_throughput_ratio", json!(h.recv_dma_throughput_ratio));
+        put(
+            "recv_dma_throughput_ratio",
+            json!(h.recv_dma_throughput_ratio),
+        );
         put("nocopy_floor_ratio", json!(h.nocopy_floor_ratio));
         put("app_cpu_per_mib_ratio", json!(h.app_cpu_per_mib_ratio));
         put("find_channel_ns", json!(self.find_channel_ns));
         put("submit_ns_per_desc", json!(self.submit_ns_per_desc));
-        put("submit_ns_per_desc_unbatched", json!(self.submit_ns_per_desc_unbatched));
+        put(
+            "submit_ns_per_desc_unbatched",
+            json!(self.submit_ns_per_desc_unbatched),
+        );
         put("completion_p50_ns", json!(self.completion.p50_ns));
         put("completion_p99_ns", json!(self.completion.p99_ns));
         put("best_dma_mode", json!(h.best_dma_mode.name()));
         put("headline", serde_json::to_value(h).unwrap_or(Value::Null));
-        put("copy_table", serde_json::to_value(&self.copy_table).unwrap_or(Value::Null));
-        put("recv_table", serde_json::to_value(&self.recv_table).unwrap_or(Value::Null));
-        put("targets", serde_json::to_value(&self.targets).unwrap_or(Value::Null));
-        put("machine", serde_json::to_value(&self.machine).unwrap_or(Value::Null));
+        put(
+            "copy_table",
+            serde_json::to_value(&self.copy_table).unwrap_or(Value::Null),
+        );
+        put(
+            "recv_table",
+            serde_json::to_value(&self.recv_table).unwrap_or(Value::Null),
+        );
+        put(
+            "targets",
+            serde_json::to_value(&self.targets).unwrap_or(Value::Null),
+        );
+        put(
+            "machine",
+            serde_json::to_value(&self.machine).unwrap_or(Value::Null),
+        );
         put("scale", json!(self.scale));
         put("elapsed_s", json!(self.elapsed_s));
         Value::Object(m)
@@ -600,7 +685,10 @@ impl Report {
                 status(t)
             );
         }
-        s += &format!("nocopy_floor_ratio           {:>10.3}\n", h.nocopy_floor_ratio);
+        s += &format!(
+            "nocopy_floor_ratio           {:>10.3}\n",
+            h.nocopy_floor_ratio
+        );
         s += &format!("took {:.1} s\n", self.elapsed_s);
         s
     }
@@ -619,7 +707,11 @@ impl Report {
         let mut s = String::new();
         s += "# Benchmarks\n\n";
         s += "Generated by `cargo run --release -p netdma-bench --bin report -- ";
-        s += if self.scale == "quick" { "--quick " } else { "" };
+        s += if self.scale == "quick" {
+            "--quick "
+        } else {
+            ""
+        };
         s += "--write`; every figure below was measured by that run. Do not edit by hand: \
               rerun it. The criterion benches (`cargo bench -p netdma-bench`) measure the same \
               code paths (`bench/src/`) one by one.\n\n";
@@ -630,10 +722,14 @@ impl Report {
         s += &format!("| kernel | {} |\n", m.kernel);
         s += &format!("| rustc | {} |\n", m.rustc);
         s += &format!("| date (UTC) | {} |\n", m.date);
-        s += &format!("| scale | `{}`, {:.0} s of measurement |\n\n", self.scale, self.elapsed_s);
+        s += &format!(
+            "| scale | `{}`, {:.0} s of measurement |\n\n",
+            self.scale, self.elapsed_s
+        );
 
         s += "## Cross-core round trip\n\n";
-        s += &format!(
+        s +=
+            &format!(
             "A cache line bounced between threads pinned to CPUs {} and {}{}: **{:.0} ns** per \
              round trip at the start of the run, {:.0} ns at the end. Around 100-150 ns the \
              host has put the two vCPUs on cores that share a cache; around 450-500 ns it has \
@@ -711,7 +807,10 @@ impl Report {
         );
 
         s += "## Engine\n\n| figure | value |\n| --- | --- |\n";
-        s += &format!("| `find_channel` | {:.1} ns per lookup |\n", self.find_channel_ns);
+        s += &format!(
+            "| `find_channel` | {:.1} ns per lookup |\n",
+            self.find_channel_ns
+        );
         s += &format!(
             "| submit, {} descriptors then one `issue_pending` | {:.1} ns per descriptor |\n",
             self.submit_batch, self.submit_ns_per_desc
@@ -732,7 +831,12 @@ impl Report {
              copies in flight behind one doorbell; `dma-split-0.25`: the CPU copies the last \
              quarter while DMA copies the rest. Cold buffers rotate over {} (source and \
              destination each), beyond the last-level cache.\n\n",
-            fmt_size(self.copy_table.first().map_or(0, |_| 2 * m.llc_bytes).max(32 * MIB))
+            fmt_size(
+                self.copy_table
+                    .first()
+                    .map_or(0, |_| 2 * m.llc_bytes)
+                    .max(32 * MIB)
+            )
         );
         let mut cols: Vec<(String, usize)> = Vec::new();
         for r in &self.copy_table {
@@ -821,7 +925,11 @@ impl Report {
     fn target_notes(&self) -> String {
         let h = &self.headline;
         let mut s = String::new();
-        let missed: Vec<&Target> = self.targets.iter().filter(|t| t.applies && !t.met).collect();
+        let missed: Vec<&Target> = self
+            .targets
+            .iter()
+            .filter(|t| t.applies && !t.met)
+            .collect();
         if missed.is_empty() {
             return "Every applicable target is met in this run.\n\n".to_owned();
         }
@@ -902,14 +1010,21 @@ impl Report {
             return Err("no copy figures to plot".to_owned());
         }
         let xmin = all.iter().map(|p| p.0).fold(f64::INFINITY, f64::min);
-        let xmax = all.iter().map(|p| p.0).fold(f64::NEG_INFINITY, f64::max).max(xmin + 1.0);
+        let xmax = all
+            .iter()
+            .map(|p| p.0)
+            .fold(f64::NEG_INFINITY, f64::max)
+            .max(xmin + 1.0);
         let ymax = all.iter().map(|p| p.1).fold(0.0, f64::max).max(0.1) * 1.1;
         let mut out = String::new();
         {
             let root = SVGBackend::with_string(&mut out, (800, 480)).into_drawing_area();
             root.fill(&WHITE).map_err(|e| e.to_string())?;
             let mut chart = ChartBuilder::on(&root)
-                .caption("copy throughput, hot buffers, 1 channel (GB/s)", ("sans-serif", 20))
+                .caption(
+                    "copy throughput, hot buffers, 1 channel (GB/s)",
+                    ("sans-serif", 20),
+                )
                 .margin(12)
                 .x_label_area_size(40)
                 .y_label_area_size(50)
