@@ -32,19 +32,25 @@ use std::time::{Duration, Instant};
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize)]
 pub enum RecvMode {
     /// smoltcp's own `recv_slice` (no netdma at all): the baseline.
+    #[serde(rename = "smoltcp")]
     Plain,
     /// Consumes the bytes without copying them (`tcp::Socket::recv` returning the length):
     /// the floor no offload can beat.
+    #[serde(rename = "nocopy")]
     NoCopy,
     /// `NetDma::recv` with the copybreak at `usize::MAX`: every read below the copybreak,
     /// copied by the CPU.
+    #[serde(rename = "netdma-cpu")]
     NetDmaCpu,
     /// `NetDma::recv` with the copybreak at 0: every read offloaded (64 KiB descriptors,
     /// up to 8 in flight).
+    #[serde(rename = "netdma-dma")]
     NetDmaDma,
     /// As [`RecvMode::NetDmaDma`], with 25% of each copy done by the CPU meanwhile.
+    #[serde(rename = "netdma-dma-split")]
     NetDmaDmaSplit,
     /// `NetDma::recv` with `tcp_dma_copybreak = "auto"`.
+    #[serde(rename = "netdma-auto")]
     Auto,
 }
 
@@ -183,7 +189,12 @@ impl RecvBed {
         let (sh, ch) = pair
             .connect(socket_bytes, socket_bytes)
             .map_err(|e| e.to_string())?;
-        let StackPair { server, client, .. } = pair;
+        let StackPair {
+            server, mut client, ..
+        } = pair;
+        // The sender is a pump, not the system under test: without Nagle it never holds
+        // back a short segment waiting for the receiver's delayed ACK (a 10 ms stall).
+        client.tcp_mut(ch).set_nagle_enabled(false);
         let mut netdmas = Vec::new();
         for &mode in modes {
             if let Some(cfg) = mode.config() {
