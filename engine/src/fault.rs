@@ -27,7 +27,14 @@ pub struct FaultPlan {
     pub seed: u64,
 }
 
-/// Wraps a provider and injects faults; see the [module docs](self).
+/// Wraps a provider and injects faults: fails every k-th transfer or each with a seeded
+/// probability ([`FaultPlan`]), stalls a channel ([`stall`](Self::stall)) or makes the
+/// device vanish mid-flight ([`vanish`](Self::vanish)).
+///
+/// Every fault keeps the [`Provider`] safety rules: a failed transfer is reported as
+/// `Error` only after the wrapped device is done with it (it may have written part of the
+/// destination, as a real failed DMA may), a stalled channel withholds the doorbell, and a
+/// vanished device terminates its work.
 pub struct FaultInjector<P: Provider> {
     inner: Arc<P>,
     plan: Mutex<(FaultPlan, ChaCha8Rng)>,

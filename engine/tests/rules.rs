@@ -800,7 +800,7 @@ fn full_ring_is_a_typed_error_and_clears_after_waiting() {
         .unwrap();
     let chan = private(&engine, memcpy());
     let src = pattern(16, 5);
-    let mut dst = vec![0u8; 16 * 6];
+    let mut dst = [0u8; 16 * 6];
     scope(|s| {
         let mut parts = dst.chunks_mut(16);
         let mut last = None;

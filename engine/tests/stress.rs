@@ -76,13 +76,13 @@ fn copier(engine: Engine, index: usize, started: Arc<AtomicUsize>) -> CopyStats 
         // A marker unlike the source, so a copy that did not happen cannot pass.
         dst.iter_mut().zip(src).for_each(|(d, s)| *d = !*s);
 
-        let outcome = match client.find_channel(Cap::Memcpy) {
-            None => None,
-            Some(chan) => Some(scope(|s| match s.memcpy(&chan, dst, src) {
+        // None: no channel; Some(Err(Err)): refused at submit; Some(Err(Ok)): failed wait.
+        let outcome = client.find_channel(Cap::Memcpy).map(|chan| {
+            scope(|s| match s.memcpy(&chan, dst, src) {
                 Err(e) => Err(Err(e)),
                 Ok(t) => t.wait().map_err(Ok),
-            })),
-        };
+            })
+        });
         match outcome {
             Some(Ok(())) => {
                 assert!(

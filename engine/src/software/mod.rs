@@ -116,7 +116,14 @@ impl SoftwareDeviceBuilder {
     }
 }
 
-/// The software DMA device; see the [module docs](self).
+/// The software DMA device, the default provider.
+///
+/// Each channel is a bounded descriptor ring drained by its own worker thread, which
+/// performs the copies and publishes completion through a completed-sequence counter
+/// (Release by the worker, Acquire by pollers). Submissions are batched and handed to the
+/// worker by [`Channel::issue_pending`](crate::Channel::issue_pending) (the doorbell);
+/// nothing starts before it. Idle workers spin briefly ([`DEFAULT_SPIN`]), then park.
+/// Rings and workers exist only while the engine has allocated the channel's resources.
 pub struct SoftwareDevice {
     name: String,
     channels: Box<[SwChannel]>,

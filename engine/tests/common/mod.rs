@@ -57,11 +57,19 @@ unsafe impl Provider for MockDevice {
         self.channels
     }
     fn alloc_chan_resources(&self, chan: usize) -> Result<(), ProviderError> {
-        assert_eq!(self.allocated[chan].fetch_add(1, Ordering::SeqCst), 0, "double alloc");
+        assert_eq!(
+            self.allocated[chan].fetch_add(1, Ordering::SeqCst),
+            0,
+            "double alloc"
+        );
         Ok(())
     }
     fn free_chan_resources(&self, chan: usize) {
-        assert_eq!(self.allocated[chan].fetch_sub(1, Ordering::SeqCst), 1, "double free");
+        assert_eq!(
+            self.allocated[chan].fetch_sub(1, Ordering::SeqCst),
+            1,
+            "double free"
+        );
     }
     unsafe fn submit(&self, chan: usize, desc: Descriptor) -> Result<u64, ProviderSubmitError> {
         if self.allocated[chan].load(Ordering::SeqCst) == 0 {
