@@ -331,3 +331,118 @@ fn copies_survive_device_client_and_cpu_churn() {
         churn.stats
     );
 }
+
+/// Cancellation and resource churn on shared channels: copiers share one device's
+/// channels while one thread keeps cancelling everything in flight (`terminate_all`, the
+/// timeout path of the safe APIs) and another keeps freeing and re-allocating channel
+/// resources by taking CPU 1, and with it channel 1, offline and back. Every wait ends (complete
+/// or failed, never a timeout), and every completed copy is exact.
+#[test]
+fn copies_survive_cancellation_and_resource_churn() {
+    const COPIERS: usize = 4;
+    const EACH: usize = 2_000;
+    let engine = Engine::new();
+    engine.set_online_cpus(&[0, 1]).unwrap();
+    engine
+        .register_device(
+            SoftwareDevice::builder()
+                .name("cancel")
+                .channels(2)
+                .ring_size(16)
+                .build(),
+        )
+        .unwrap();
+    let stop = Arc::new(AtomicBool::new(false));
+    let holder = engine.client(Cap::Memcpy.into());
+    let holder_ref = &holder;
+    let channels: Vec<_> = std::thread::scope(|s| {
+        [0usize, 1]
+            .map(|cpu| {
+                s.spawn(move || {
+                    dmaengine::cpu::pin_current_thread(cpu).ok();
+                    holder_ref.find_channel(Cap::Memcpy).unwrap()
+                })
+            })
+            .map(|h| h.join().unwrap())
+            .into_iter()
+            .collect()
+    });
+
+    let canceller = {
+        let (channels, stop) = (channels.clone(), stop.clone());
+        std::thread::spawn(move || {
+            let mut n = 0usize;
+            while !stop.load(Ordering::SeqCst) {
+                channels[n % channels.len()].terminate_all();
+                n += 1;
+                std::thread::sleep(Duration::from_micros(100));
+            }
+            n
+        })
+    };
+    // Channel 1 leaves the table with CPU 1 (resources freed) and comes back (allocated).
+    let churner = {
+        let (engine, stop) = (engine.clone(), stop.clone());
+        std::thread::spawn(move || {
+            let mut n = 0usize;
+            while !stop.load(Ordering::SeqCst) {
+                let cpus: &[usize] = if n % 2 == 0 { &[0] } else { &[0, 1] };
+                engine.set_online_cpus(cpus).unwrap();
+                n += 1;
+                std::thread::sleep(Duration::from_micros(300));
+            }
+            n
+        })
+    };
+
+    let copiers: Vec<_> = (0..COPIERS)
+        .map(|i| {
+            let channels = channels.clone();
+            // Each copier is a client: the device stays pinned while it copies.
+            let client = engine.client(Cap::Memcpy.into());
+            std::thread::spawn(move || {
+                let _client = client;
+                let mut rng = ChaCha8Rng::seed_from_u64(SEED + 100 + i as u64);
+                let source = pattern(1 << 16, i as u64);
+                let mut dst = vec![0u8; 1 << 16];
+                let mut stats: BTreeMap<&'static str, usize> = BTreeMap::new();
+                for _ in 0..EACH {
+                    let len = rng.random_range(0..=source.len());
+                    let chan = &channels[rng.random_range(0..channels.len())];
+                    let (src, dst) = (&source[..len], &mut dst[..len]);
+                    dst.iter_mut().zip(src).for_each(|(d, s)| *d = !*s);
+                    let kind = scope(|s| match s.memcpy(chan, dst, src) {
+                        Err(e) => submit_kind(&e),
+                        Ok(t) => match t.wait() {
+                            Ok(()) => "complete",
+                            Err(e) => wait_kind(&e),
+                        },
+                    });
+                    if kind == "complete" {
+                        assert!(dst == src, "copier {i}: completed copy of {len} corrupted");
+                    }
+                    *stats.entry(kind).or_default() += 1;
+                }
+                stats
+            })
+        })
+        .collect();
+
+    drop(holder);
+    let mut total: BTreeMap<&'static str, usize> = BTreeMap::new();
+    for c in copiers {
+        for (k, n) in c.join().expect("copier panicked") {
+            *total.entry(k).or_default() += n;
+        }
+    }
+    stop.store(true, Ordering::SeqCst);
+    let cancels = canceller.join().unwrap();
+    let toggles = churner.join().unwrap();
+    eprintln!("cancellation stress: {total:?}; {cancels} terminate_all, {toggles} CPU set changes");
+    assert_eq!(total.values().sum::<usize>(), COPIERS * EACH);
+    for kind in ["timeout", "wrong_channel", "unsupported", "length_mismatch"] {
+        assert_eq!(total.get(kind), None, "{kind}: {total:?}");
+    }
+    assert!(total.get("complete").copied().unwrap_or(0) > 0, "{total:?}");
+    assert_eq!(engine.total_references(), 0);
+}
