@@ -386,7 +386,7 @@ fn copies_survive_cancellation_and_resource_churn() {
         std::thread::spawn(move || {
             let mut n = 0usize;
             while !stop.load(Ordering::SeqCst) {
-                let cpus: &[usize] = if n % 2 == 0 { &[0] } else { &[0, 1] };
+                let cpus: &[usize] = if n.is_multiple_of(2) { &[0] } else { &[0, 1] };
                 engine.set_online_cpus(cpus).unwrap();
                 n += 1;
                 std::thread::sleep(Duration::from_micros(300));
