@@ -21,6 +21,9 @@ struct Args {
     /// Concurrent connections.
     #[arg(long, default_value_t = 4)]
     connections: usize,
+    /// Receiver threads sharing the offload (odd ones use the pipelined receive).
+    #[arg(long, default_value_t = 2)]
+    receivers: usize,
     /// Link MTU.
     #[arg(long, default_value_t = 65535)]
     mtu: usize,
@@ -35,14 +38,17 @@ fn main() -> ExitCode {
         eprintln!("error: --seconds must be a non-negative number");
         return ExitCode::from(2);
     }
-    if args.connections == 0 || !(68..=65535).contains(&args.mtu) {
-        eprintln!("error: --connections must be at least 1 and --mtu in 68..=65535");
+    if args.connections == 0 || args.receivers == 0 || !(68..=65535).contains(&args.mtu) {
+        eprintln!(
+            "error: --connections and --receivers must be at least 1 and --mtu in 68..=65535"
+        );
         return ExitCode::from(2);
     }
     let report = run(&SoakConfig {
         duration: Duration::from_secs_f64(args.seconds),
         seed: args.seed,
         connections: args.connections,
+        receivers: args.receivers,
         mtu: args.mtu,
         ..SoakConfig::default()
     });

@@ -2,13 +2,20 @@
 //! disables and enables offload, changes the copybreak, hot-adds and force-removes DMA
 //! devices with copies in flight, changes the online CPU set and injects faults.
 //!
+//! Several receiver threads share the offload (twice as many threads as this machine's
+//! cores, counting the chaos thread and the DMA workers), half of them through the
+//! pipelined receive with copies in flight across polls.
+//!
 //! Every stream is a pure function of its seed and byte position, so the receiver checks
 //! each byte, and its order, without keeping a copy. A failing seed reproduces the same
 //! chaos schedule (the interleaving with the receiver may differ; the schedule does not).
 
 use dmaengine::{DeviceId, FaultInjector, FaultPlan, SoftwareDevice};
 use netdma::config::{Copybreak, NetDmaConfig};
+use netdma::link::MemoryLink;
 use netdma::pair::StackPair;
+use netdma::pipeline::Pipeline;
+use netdma::stack::Stack;
 use netdma::NetDma;
 use parking_lot::Mutex;
 use rand::{Rng, SeedableRng};
@@ -32,6 +39,8 @@ pub struct SoakConfig {
     pub mtu: usize,
     /// How long, after the chaos stops, the streams may take to deliver what was sent.
     pub drain_limit: Duration,
+    /// Receiver threads sharing the one offload (odd ones use the pipelined receive).
+    pub receivers: usize,
 }
 
 impl Default for SoakConfig {
@@ -42,6 +51,7 @@ impl Default for SoakConfig {
             connections: 4,
             mtu: 65535,
             drain_limit: Duration::from_secs(30),
+            receivers: 2,
         }
     }
 }
@@ -123,20 +133,6 @@ pub fn run(config: &SoakConfig) -> SoakReport {
     };
     let netdma =
         Arc::new(NetDma::from_config(netdma_config).expect("default configuration is valid"));
-    let mut pair = StackPair::new(config.mtu);
-    let mut conns: Vec<Conn> = (0..config.connections)
-        .map(|i| {
-            let (server, client) = pair.connect(1 << 20, 1 << 20).expect("in-memory handshake");
-            Conn {
-                server,
-                client,
-                seed: config.seed.wrapping_mul(1000).wrapping_add(i as u64),
-                sent: 0,
-                received: 0,
-            }
-        })
-        .collect();
-
     let stop = Arc::new(AtomicBool::new(false));
     let added: Arc<Mutex<Added>> = Arc::default();
     let counters = Arc::new(ChaosCounters::default());
@@ -148,78 +144,42 @@ pub fn run(config: &SoakConfig) -> SoakReport {
             counters.clone(),
         );
         let seed = config.seed;
-        Some(std::thread::spawn(move || {
-            chaos_loop(&netdma, &stop, &added, &counters, seed)
-        }))
+        std::thread::spawn(move || chaos_loop(&netdma, &stop, &added, &counters, seed))
     };
-    let mut chaos = chaos;
+    let chaos_until = started + config.duration;
+    let chaos_over = Arc::new(AtomicBool::new(false));
+    let receivers: Vec<_> = (0..config.receivers.max(1))
+        .map(|r| {
+            let (netdma, chaos_over, config) = (netdma.clone(), chaos_over.clone(), config.clone());
+            std::thread::Builder::new()
+                .name(format!("soak-rx{r}"))
+                .spawn(move || receive_loop(&netdma, &config, r as u64, &chaos_over))
+                .expect("spawning a receiver")
+        })
+        .collect();
+
+    std::thread::sleep(chaos_until.saturating_duration_since(Instant::now()));
+    stop.store(true, Ordering::Relaxed);
+    chaos.join().expect("chaos thread");
+    for (_, device) in added.lock().iter() {
+        device.set_plan(FaultPlan::default());
+        for chan in 0..2 {
+            device.unstall(chan);
+        }
+    }
+    chaos_over.store(true, Ordering::Relaxed);
 
     let mut report = SoakReport {
         seed: config.seed,
         ..SoakReport::default()
     };
-    let mut rng = ChaCha8Rng::seed_from_u64(config.seed ^ 0xA5A5);
-    let mut buf = vec![0u8; 1 << 20];
-    let mut chunk = vec![0u8; 256 * 1024];
-    let chaos_until = started + config.duration;
-
-    let drain_until = chaos_until + config.drain_limit;
-    loop {
-        let now = Instant::now();
-        if now >= chaos_until {
-            if let Some(thread) = chaos.take() {
-                stop.store(true, Ordering::Relaxed);
-                thread.join().expect("chaos thread");
-                for (_, device) in added.lock().iter() {
-                    device.set_plan(FaultPlan::default());
-                    for chan in 0..2 {
-                        device.unstall(chan);
-                    }
-                }
-            }
-        }
-        let chaos_running = chaos.is_some();
-        if !chaos_running && (conns.iter().all(|c| c.received == c.sent) || now >= drain_until) {
-            break;
-        }
-        for conn in &mut conns {
-            let sock = pair.client.tcp_mut(conn.client);
-            if chaos_running && sock.can_send() {
-                let n = sock.send_capacity() - sock.send_queue();
-                let n = n.min(chunk.len());
-                for (i, b) in chunk[..n].iter_mut().enumerate() {
-                    *b = stream_byte(conn.seed, conn.sent + i as u64);
-                }
-                conn.sent += sock
-                    .send_slice(&chunk[..n])
-                    .expect("send on an open socket") as u64;
-            }
-        }
-        pair.poll();
-        for conn in &mut conns {
-            let read = 1 + rng.random_range(0..buf.len());
-            let read = if rng.random_bool(0.5) {
-                read.min(64 * 1024)
-            } else {
-                read
-            };
-            let t = Instant::now();
-            let n = netdma
-                .recv(pair.server.tcp_mut(conn.server), &mut buf[..read])
-                .expect("the connection stays open");
-            report.max_stall_ms = report.max_stall_ms.max(t.elapsed().as_secs_f64() * 1e3);
-            for (i, &b) in buf[..n].iter().enumerate() {
-                if b != stream_byte(conn.seed, conn.received + i as u64) {
-                    report.corrupt_bytes += 1;
-                }
-            }
-            conn.received += n as u64;
-            report.bytes_verified += n as u64;
-        }
-        netdma.maintain(Instant::now());
+    for receiver in receivers {
+        let part = receiver.join().expect("receiver thread");
+        report.bytes_verified += part.bytes_verified;
+        report.corrupt_bytes += part.corrupt_bytes;
+        report.lost_bytes += part.lost_bytes;
+        report.max_stall_ms = report.max_stall_ms.max(part.max_stall_ms);
     }
-
-    report.lost_bytes = conns.iter().map(|c| c.sent - c.received).sum();
     if netdma.is_enabled() {
         netdma.disable().expect("enabled, so disable succeeds");
     }
@@ -241,6 +201,122 @@ pub fn run(config: &SoakConfig) -> SoakReport {
     report.stalls = counters.stalls.load(Ordering::Relaxed);
     report.seconds = started.elapsed().as_secs_f64();
     report
+}
+
+/// One receiver thread: its own stack pair and connections, the shared offload. Odd
+/// receivers use the pipelined receive, even ones `NetDma::recv`.
+fn receive_loop(
+    netdma: &Arc<NetDma>,
+    config: &SoakConfig,
+    receiver: u64,
+    chaos_over: &AtomicBool,
+) -> SoakReport {
+    let mut pair = StackPair::new(config.mtu);
+    let mut conns: Vec<Conn> = (0..config.connections)
+        .map(|i| {
+            let (server, client) = pair.connect(1 << 20, 1 << 20).expect("in-memory handshake");
+            Conn {
+                server,
+                client,
+                seed: config
+                    .seed
+                    .wrapping_mul(1000)
+                    .wrapping_add(receiver * 100 + i as u64),
+                sent: 0,
+                received: 0,
+            }
+        })
+        .collect();
+    let pipelined = receiver % 2 == 1;
+    let StackPair {
+        server, mut client, ..
+    } = pair;
+    let mut receiver_side = if pipelined {
+        Side::Pipelined(Pipeline::new(server, netdma.clone()))
+    } else {
+        Side::Direct(server)
+    };
+    let mut rng = ChaCha8Rng::seed_from_u64(config.seed ^ 0xA5A5 ^ receiver);
+    let mut part = SoakReport::default();
+    let mut buf = vec![0u8; 1 << 20];
+    let mut chunk = vec![0u8; 256 * 1024];
+    let mut drain_until = None;
+    loop {
+        let chaos_running = !chaos_over.load(Ordering::Relaxed);
+        if !chaos_running {
+            let until = *drain_until.get_or_insert_with(|| Instant::now() + config.drain_limit);
+            if conns.iter().all(|c| c.received == c.sent) || Instant::now() >= until {
+                break;
+            }
+        }
+        for conn in &mut conns {
+            let sock = client.tcp_mut(conn.client);
+            if chaos_running && sock.can_send() {
+                let n = (sock.send_capacity() - sock.send_queue()).min(chunk.len());
+                for (i, b) in chunk[..n].iter_mut().enumerate() {
+                    *b = stream_byte(conn.seed, conn.sent + i as u64);
+                }
+                conn.sent += sock
+                    .send_slice(&chunk[..n])
+                    .expect("send on an open socket") as u64;
+            }
+        }
+        client.poll();
+        for conn in &mut conns {
+            let read = 1 + rng.random_range(0..buf.len());
+            let read = if rng.random_bool(0.5) {
+                read.min(64 * 1024)
+            } else {
+                read
+            };
+            let t = Instant::now();
+            let got: Option<(Vec<u8>, usize)> = match &mut receiver_side {
+                Side::Direct(stack) => {
+                    stack.poll();
+                    let n = netdma
+                        .recv(stack.tcp_mut(conn.server), &mut buf[..read])
+                        .expect("the connection stays open");
+                    Some((Vec::new(), n))
+                }
+                Side::Pipelined(pipeline) => {
+                    if let Some(done) = pipeline.take_completed(conn.server) {
+                        assert_eq!(done.error, None, "the connection stays open");
+                        Some((done.buf, done.len))
+                    } else {
+                        // Post a fresh buffer if none is posted, then poll. Low-water 1: a
+                        // read ends once its copies are done, so the drain cannot wait
+                        // for data that will never come.
+                        let _ = pipeline.post_recv(conn.server, vec![0; read], 1);
+                        pipeline.poll();
+                        None
+                    }
+                }
+            };
+            part.max_stall_ms = part.max_stall_ms.max(t.elapsed().as_secs_f64() * 1e3);
+            let Some((owned, n)) = got else { continue };
+            let bytes = if owned.is_empty() {
+                &buf[..n]
+            } else {
+                &owned[..n]
+            };
+            for (i, &b) in bytes.iter().enumerate() {
+                if b != stream_byte(conn.seed, conn.received + i as u64) {
+                    part.corrupt_bytes += 1;
+                }
+            }
+            conn.received += n as u64;
+            part.bytes_verified += n as u64;
+        }
+        netdma.maintain(Instant::now());
+    }
+    part.lost_bytes = conns.iter().map(|c| c.sent - c.received).sum();
+    part
+}
+
+/// The server side of one receiver.
+enum Side {
+    Direct(Stack<MemoryLink>),
+    Pipelined(Pipeline<MemoryLink>),
 }
 
 #[derive(Default)]

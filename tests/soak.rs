@@ -9,6 +9,9 @@ fn short_runs_of_chaos_lose_and_corrupt_nothing() {
         let report = run(&SoakConfig {
             duration: Duration::from_millis(1500),
             seed,
+            // Three receivers (one pipelined), the chaos thread and the DMA workers:
+            // more than twice as many busy threads as this machine's two cores.
+            receivers: 3,
             ..SoakConfig::default()
         });
         assert_eq!(report.corrupt_bytes, 0, "{report:?}");
