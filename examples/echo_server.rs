@@ -335,7 +335,8 @@ fn serve<L: Link>(
             active: false,
         });
     }
-    if !args.json {
+    // Always on stderr (scripts wait for this line), even with --json.
+    {
         eprintln!(
             "echo_server: serving {} on {}:{} over {mode} (MTU {mtu}, {} listeners); Ctrl-C stops",
             if netdma.is_enabled() {
