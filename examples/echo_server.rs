@@ -242,28 +242,7 @@ fn run(args: &Args) -> Result<EchoReport, String> {
     if let Some(pb) = bar {
         pb.finish_and_clear();
     }
-    let engine = netdma.engine().snapshot();
-    let recv = netdma.stats();
-    let config = netdma.config();
-    let after_disable = disable_and_unregister(&netdma);
-    let secs = outcome.elapsed.as_secs_f64();
-    Ok(EchoReport {
-        mode: "embedded".to_owned(),
-        integrity_ok: outcome.integrity_ok,
-        integrity_verified_by: "server".to_owned(),
-        connections: opts.connections as u64,
-        bytes_per_connection: Some(opts.bytes_per_connection),
-        read_size: opts.read_size,
-        mtu: opts.mtu,
-        bytes_echoed: outcome.bytes_echoed,
-        elapsed_s: secs,
-        throughput_gbps: gbps(outcome.bytes_echoed, secs),
-        errors: outcome.errors,
-        config,
-        recv,
-        engine,
-        after_disable,
-    })
+    Ok(EchoReport::embedded(&netdma, &opts, outcome))
 }
 
 /// Serves kernel clients on a TAP or AF_PACKET link until Ctrl-C or `--duration`.

@@ -105,6 +105,37 @@ pub fn gbps(bytes: u64, secs: f64) -> f64 {
 }
 
 impl EchoReport {
+    /// The report of an embedded run: takes the counters and the engine snapshot, then
+    /// disables offload and unregisters the device.
+    pub fn embedded(
+        netdma: &NetDma,
+        opts: &super::embedded::EmbeddedOptions,
+        outcome: super::embedded::EmbeddedOutcome,
+    ) -> EchoReport {
+        let engine = netdma.engine().snapshot();
+        let recv = netdma.stats();
+        let config = netdma.config();
+        let after_disable = disable_and_unregister(netdma);
+        let secs = outcome.elapsed.as_secs_f64();
+        EchoReport {
+            mode: "embedded".to_owned(),
+            integrity_ok: outcome.integrity_ok,
+            integrity_verified_by: "server".to_owned(),
+            connections: opts.connections as u64,
+            bytes_per_connection: Some(opts.bytes_per_connection),
+            read_size: opts.read_size,
+            mtu: opts.mtu,
+            bytes_echoed: outcome.bytes_echoed,
+            elapsed_s: secs,
+            throughput_gbps: gbps(outcome.bytes_echoed, secs),
+            errors: outcome.errors,
+            config,
+            recv,
+            engine,
+            after_disable,
+        }
+    }
+
     /// The short human-readable table.
     pub fn human(&self) -> String {
         use std::fmt::Write as _;

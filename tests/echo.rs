@@ -1,0 +1,170 @@
+//! The embedded echo (the `echo_server` example's default run) as a library call: a
+//! smoltcp echo server reading through netdma and a smoltcp client over the in-memory
+//! link, every echoed byte verified.
+
+#[path = "../examples/common/mod.rs"]
+mod common;
+
+use common::embedded::{run_embedded, EmbeddedOptions};
+use common::report::EchoReport;
+use common::setup::{build_netdma, DmaOptions};
+use netdma::config::Copybreak;
+
+fn options(read_size: usize) -> EmbeddedOptions {
+    EmbeddedOptions {
+        connections: 4,
+        bytes_per_connection: 4 << 20,
+        read_size,
+        ..EmbeddedOptions::default()
+    }
+}
+
+fn run(dma: DmaOptions, opts: &EmbeddedOptions) -> EchoReport {
+    let netdma = build_netdma(&dma).expect("netdma from defaults");
+    let outcome = run_embedded(&netdma, opts, None).expect("embedded echo set-up");
+    EchoReport::embedded(&netdma, opts, outcome)
+}
+
+fn assert_clean(r: &EchoReport, opts: &EmbeddedOptions) {
+    let total = opts.bytes_per_connection * opts.connections as u64;
+    assert!(r.integrity_ok, "integrity: {:?}", r.errors);
+    assert!(r.errors.is_empty(), "{:?}", r.errors);
+    assert_eq!(r.bytes_echoed, total);
+    assert_eq!(
+        r.recv.dma_bytes + r.recv.cpu_bytes,
+        total,
+        "every byte the server read is counted once: {:?}",
+        r.recv
+    );
+    assert_eq!(r.recv.bytes_in_flight, 0);
+    let a = &r.after_disable;
+    assert!(a.disable_ok, "{a:?}");
+    assert!(
+        a.unregister_ok,
+        "unregister after disable must succeed: {a:?}"
+    );
+    assert_eq!(a.engine_references, 0, "{a:?}");
+    assert_eq!(a.devices_left, 0, "{a:?}");
+}
+
+#[test]
+fn echo_with_copybreak_4096_goes_through_dma() {
+    let opts = options(65536);
+    let r = run(
+        DmaOptions {
+            copybreak: Some(Copybreak::Bytes(4096)),
+            ..DmaOptions::default()
+        },
+        &opts,
+    );
+    assert_clean(&r, &opts);
+    assert!(r.recv.dma_bytes > 0, "{:?}", r.recv);
+    assert!(r.after_disable.was_enabled);
+    let moved: u64 = r
+        .engine
+        .devices
+        .iter()
+        .flat_map(|d| d.channels.iter())
+        .map(|c| c.counters.bytes_transferred)
+        .sum();
+    assert!(
+        moved >= r.recv.dma_bytes,
+        "channel counters {moved} vs {:?}",
+        r.recv
+    );
+}
+
+#[test]
+fn echo_without_dma_copies_everything_by_cpu() {
+    let opts = options(65536);
+    let r = run(
+        DmaOptions {
+            no_dma: true,
+            ..DmaOptions::default()
+        },
+        &opts,
+    );
+    assert_clean(&r, &opts);
+    assert_eq!(r.recv.dma_bytes, 0, "{:?}", r.recv);
+    assert!(r.recv.fallback.disabled > 0, "{:?}", r.recv);
+}
+
+#[test]
+fn echo_with_reads_below_copybreak_stays_on_cpu() {
+    let opts = EmbeddedOptions {
+        mtu: 1500,
+        bytes_per_connection: 1 << 20,
+        ..options(1000)
+    };
+    let r = run(
+        DmaOptions {
+            copybreak: Some(Copybreak::Bytes(4096)),
+            channels: Some(1),
+            ..DmaOptions::default()
+        },
+        &opts,
+    );
+    assert_clean(&r, &opts);
+    assert_eq!(r.recv.dma_bytes, 0, "{:?}", r.recv);
+    assert!(r.recv.fallback.below_copybreak > 0, "{:?}", r.recv);
+}
+
+#[test]
+fn unregister_is_refused_while_offload_is_enabled() {
+    let netdma = build_netdma(&DmaOptions::default()).expect("netdma");
+    let device = netdma.device().expect("a registered device");
+    assert!(netdma.engine().unregister_device(device).is_err());
+    let r = EchoReport::embedded(
+        &netdma,
+        &options(65536),
+        common::embedded::EmbeddedOutcome {
+            integrity_ok: true,
+            bytes_echoed: 0,
+            elapsed: std::time::Duration::ZERO,
+            errors: Vec::new(),
+        },
+    );
+    assert!(r.after_disable.unregister_ok, "{:?}", r.after_disable);
+}
+
+#[test]
+fn json_report_has_the_documented_keys() {
+    let opts = EmbeddedOptions {
+        connections: 2,
+        bytes_per_connection: 256 << 10,
+        ..options(65536)
+    };
+    let r = run(DmaOptions::default(), &opts);
+    assert_clean(&r, &opts);
+    let v = serde_json::to_value(&r).expect("serializable");
+    for key in [
+        "integrity_ok",
+        "bytes_echoed",
+        "throughput_gbps",
+        "recv",
+        "engine",
+        "after_disable",
+    ] {
+        assert!(v.get(key).is_some(), "missing {key}: {v}");
+    }
+    assert!(v["integrity_ok"].is_boolean());
+    assert!(v["recv"]["dma_bytes"].is_u64());
+    assert!(v["recv"]["cpu_bytes"].is_u64());
+    assert!(v["recv"]["fallback"]["below_copybreak"].is_u64());
+    assert!(v["engine"]["devices"].is_array());
+    assert_eq!(v["after_disable"]["unregister_ok"], serde_json::json!(true));
+}
+
+#[test]
+fn a_corrupted_echo_is_detected() {
+    // The verifier itself: a flipped byte is reported at its stream offset.
+    let mut data = vec![0u8; 10_000];
+    common::pattern::fill(9, 123, &mut data);
+    let mut scratch = Vec::new();
+    assert_eq!(common::pattern::verify(9, 123, &data, &mut scratch), None);
+    data[4321] ^= 0x40;
+    assert_eq!(
+        common::pattern::verify(9, 123, &data, &mut scratch),
+        Some(123 + 4321)
+    );
+}
