@@ -14,10 +14,11 @@
 use crate::adaptive::Adaptive;
 use crate::config::{ConfigError, Copybreak, NetDmaConfig};
 use crate::counters::{Counters, RecvStats};
-use dmaengine::{Cap, Client, DeviceId, Engine, EngineSnapshot, SoftwareDevice};
-use parking_lot::{Mutex, RwLock};
+use crate::sync::{AtomicBool, AtomicU64, RwLock};
+use dmaengine::{Cap, Client, DeviceId, Engine, EngineSnapshot};
+use parking_lot::Mutex;
 use serde::Serialize;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 /// Errors of [`NetDma`]'s controls.
@@ -70,8 +71,9 @@ pub(crate) struct DmaState {
 pub struct NetDma {
     engine: Engine,
     device: Option<DeviceId>,
-    config: RwLock<NetDmaConfig>,
-    pub(crate) params: RwLock<RecvParams>,
+    // Plain locks: held only for a copy in or out, never across a loom operation.
+    config: parking_lot::RwLock<NetDmaConfig>,
+    pub(crate) params: parking_lot::RwLock<RecvParams>,
     /// Mirrors "offload enabled" for a lock-free first check on the receive path.
     pub(crate) enabled: AtomicBool,
     pub(crate) dma: RwLock<DmaState>,
@@ -116,7 +118,9 @@ impl NetDma {
     /// Builds the engine the configuration describes (`engine.provider`, `channels`,
     /// `ring_size`, `pin_workers`; workers spin `wait.spin_us` before parking), registers
     /// its device, and returns offload over it.
+    #[cfg(not(loom))]
     pub fn from_config(config: NetDmaConfig) -> Result<NetDma, ControlError> {
+        use dmaengine::SoftwareDevice;
         config.validate()?;
         let engine = Engine::new();
         let device = match config.engine.provider {
@@ -141,8 +145,8 @@ impl NetDma {
         Ok(NetDma {
             device,
             enabled: AtomicBool::new(config.enabled),
-            params: RwLock::new(RecvParams::from_config(&config)),
-            config: RwLock::new(config),
+            params: parking_lot::RwLock::new(RecvParams::from_config(&config)),
+            config: parking_lot::RwLock::new(config),
             dma: RwLock::new(DmaState { client }),
             counters: Counters::default(),
             adaptive: Mutex::new(Adaptive::default()),
@@ -292,5 +296,130 @@ fn ignore_already(e: ControlError) -> Result<(), ControlError> {
     match e {
         ControlError::AlreadyEnabled | ControlError::AlreadyDisabled => Ok(()),
         other => Err(other),
+    }
+}
+
+/// Loom models of the control protocol against a read in flight. Run with
+/// `RUSTFLAGS="--cfg loom" cargo test -p netdma --lib --release loom`.
+#[cfg(all(test, loom))]
+mod loom_models {
+    use super::*;
+    use crate::counters::Fallback;
+    use dmaengine::{CapMask, Descriptor, Provider, ProviderError, ProviderSubmitError, TxStatus};
+    use loom::thread;
+    use std::sync::Arc;
+
+    /// A provider with nothing asynchronous: the model is about references, not copies.
+    struct Inert;
+
+    // SAFETY: `submit` accepts nothing, so no memory is ever accessed.
+    unsafe impl Provider for Inert {
+        fn name(&self) -> &str {
+            "inert"
+        }
+        fn capabilities(&self) -> CapMask {
+            Cap::Memcpy.into()
+        }
+        fn operations(&self) -> CapMask {
+            Cap::Memcpy.into()
+        }
+        fn channel_count(&self) -> usize {
+            1
+        }
+        fn alloc_chan_resources(&self, _: usize) -> Result<(), ProviderError> {
+            Ok(())
+        }
+        fn free_chan_resources(&self, _: usize) {}
+        unsafe fn submit(&self, _: usize, _: Descriptor) -> Result<u64, ProviderSubmitError> {
+            Err(ProviderSubmitError::NoResources)
+        }
+        fn issue_pending(&self, _: usize) {}
+        fn tx_status(&self, _: usize, _: u64) -> TxStatus {
+            TxStatus::Complete
+        }
+        fn terminate_all(&self, _: usize) {}
+        fn error_count(&self, _: usize) -> u64 {
+            0
+        }
+    }
+
+    fn netdma() -> Arc<NetDma> {
+        let engine = Engine::new();
+        engine.register_device(Arc::new(Inert)).unwrap();
+        Arc::new(NetDma::new(engine, NetDmaConfig::default()).unwrap())
+    }
+
+    /// A read with its copy "in flight": while it holds the channel, the device must stay
+    /// pinned (so it cannot be unregistered under the copy).
+    fn read_in_flight(n: &NetDma) -> bool {
+        match n.eligible_channel() {
+            Ok((_guard, _channel)) => {
+                assert!(
+                    n.engine().total_references() > 0,
+                    "device unpinned under an in-flight copy"
+                );
+                true
+            }
+            Err(reason) => {
+                assert!(matches!(reason, Fallback::Disabled), "{reason:?}");
+                false
+            }
+        }
+    }
+
+    #[test]
+    fn loom_disable_waits_for_a_read_in_flight() {
+        loom::model(|| {
+            let n = netdma();
+            let reader = {
+                let n = n.clone();
+                thread::spawn(move || read_in_flight(&n))
+            };
+            n.disable().unwrap();
+            reader.join().unwrap();
+            assert_eq!(n.engine().total_references(), 0);
+            assert!(!read_in_flight(&n), "no DMA after disable");
+        });
+    }
+
+    #[test]
+    fn loom_idle_release_never_unpins_a_read_in_flight() {
+        loom::model(|| {
+            let n = netdma();
+            n.set("net.netdma.idle_release_ms", "1").unwrap();
+            let reader = {
+                let n = n.clone();
+                thread::spawn(move || read_in_flight(&n))
+            };
+            let far = std::time::Instant::now() + std::time::Duration::from_secs(3600);
+            n.maintain(far);
+            assert!(
+                reader.join().unwrap(),
+                "still enabled: the reader gets a channel"
+            );
+            // Whatever the order, the next read takes the references again lazily.
+            assert!(read_in_flight(&n));
+            assert!(n.engine().total_references() > 0);
+        });
+    }
+
+    #[test]
+    fn loom_toggling_against_a_read_leaves_consistent_references() {
+        loom::model(|| {
+            let n = netdma();
+            let toggler = {
+                let n = n.clone();
+                thread::spawn(move || {
+                    n.disable().unwrap();
+                    n.enable().unwrap();
+                })
+            };
+            read_in_flight(&n);
+            toggler.join().unwrap();
+            assert!(n.is_enabled());
+            assert!(n.engine().total_references() > 0);
+            n.disable().unwrap();
+            assert_eq!(n.engine().total_references(), 0);
+        });
     }
 }

@@ -26,6 +26,7 @@ pub mod pair;
 pub mod pipeline;
 pub mod recv;
 pub mod stack;
+mod sync;
 
 pub use adaptive::thread_cpu_ns;
 pub use config::{Copybreak, NetDmaConfig};
