@@ -52,6 +52,9 @@ const fn tag(seq: u64, phase: u64) -> u64 {
 /// seen while spinning costs ~200 ns here, one after parking 5-7 us (DESIGN.md).
 pub const DEFAULT_SPIN: Duration = Duration::from_micros(20);
 
+/// How long a waiter spins without yielding before it starts yielding between polls.
+pub(crate) const PURE_SPIN: Duration = Duration::from_micros(2);
+
 /// Builds a [`SoftwareDevice`].
 #[derive(Clone, Debug)]
 pub struct SoftwareDeviceBuilder {
@@ -274,7 +277,8 @@ impl SwChannel {
     }
 
     fn wait(&self, seq: u64, deadline: Instant, spin: Duration) -> TxStatus {
-        let spin_until = Instant::now() + spin;
+        let start = Instant::now();
+        let spin_until = start + spin;
         loop {
             let status = self.status(seq);
             if status.is_done() {
@@ -287,7 +291,14 @@ impl SwChannel {
             if now >= spin_until {
                 break;
             }
-            std::hint::spin_loop();
+            // Spin the first couple of microseconds (a completion seen while spinning
+            // costs ~200 ns); after that yield between polls, so that a worker the
+            // scheduler put on this very core gets to run instead of being starved by us.
+            if now - start < PURE_SPIN {
+                std::hint::spin_loop();
+            } else {
+                std::thread::yield_now();
+            }
         }
         let shared = &*self.shared;
         shared.waiters.fetch_add(1, Ordering::Relaxed);
