@@ -18,6 +18,7 @@
 use dmaengine::cpu;
 use netdma::link::MemoryLink;
 use netdma::pair::StackPair;
+use netdma::pipeline::Pipeline;
 use netdma::stack::Stack;
 use netdma::{thread_cpu_ns, Copybreak, NetDma, NetDmaConfig};
 use serde::Serialize;
@@ -52,15 +53,20 @@ pub enum RecvMode {
     /// `NetDma::recv` with `tcp_dma_copybreak = "auto"`.
     #[serde(rename = "netdma-auto")]
     Auto,
+    /// `netdma::pipeline::Pipeline`: posted buffers filled by DMA while the stack polls,
+    /// copies in flight across polls (NET_DMA's early copy); copybreak 0.
+    #[serde(rename = "netdma-pipelined")]
+    Pipelined,
 }
 
 impl RecvMode {
     /// Every mode, in the order the report runs them.
-    pub const ALL: [RecvMode; 6] = [
+    pub const ALL: [RecvMode; 7] = [
         RecvMode::Plain,
         RecvMode::NetDmaCpu,
         RecvMode::NetDmaDma,
         RecvMode::NetDmaDmaSplit,
+        RecvMode::Pipelined,
         RecvMode::Auto,
         RecvMode::NoCopy,
     ];
@@ -74,12 +80,16 @@ impl RecvMode {
             RecvMode::NetDmaDma => "netdma-dma",
             RecvMode::NetDmaDmaSplit => "netdma-dma-split",
             RecvMode::Auto => "netdma-auto",
+            RecvMode::Pipelined => "netdma-pipelined",
         }
     }
 
     /// Whether the mode offloads copies to DMA (a candidate for "the best DMA mode").
     pub fn is_dma(self) -> bool {
-        matches!(self, RecvMode::NetDmaDma | RecvMode::NetDmaDmaSplit)
+        matches!(
+            self,
+            RecvMode::NetDmaDma | RecvMode::NetDmaDmaSplit | RecvMode::Pipelined
+        )
     }
 
     /// The netdma configuration the mode runs with; `None` for modes without netdma.
@@ -94,7 +104,7 @@ impl RecvMode {
                 tcp_dma_copybreak: Copybreak::Bytes(usize::MAX),
                 ..base
             }),
-            RecvMode::NetDmaDma => Some(NetDmaConfig {
+            RecvMode::NetDmaDma | RecvMode::Pipelined => Some(NetDmaConfig {
                 tcp_dma_copybreak: Copybreak::Bytes(0),
                 ..base
             }),
@@ -153,11 +163,12 @@ impl StreamResult {
 /// mode sees the same connection state (and the adaptive mode keeps what it learned).
 pub struct RecvBed {
     mtu: usize,
-    server: Stack<MemoryLink>,
+    /// Always `Some`, except while a pipelined run owns it.
+    server: Option<Stack<MemoryLink>>,
     client: Option<Stack<MemoryLink>>,
     sh: SocketHandle,
     ch: SocketHandle,
-    netdmas: Vec<(RecvMode, NetDma)>,
+    netdmas: Vec<(RecvMode, Arc<NetDma>)>,
     buf: Vec<u8>,
     pump: Pump,
 }
@@ -199,13 +210,16 @@ impl RecvBed {
         for &mode in modes {
             if let Some(cfg) = mode.config() {
                 if !netdmas.iter().any(|(m, _)| *m == mode) {
-                    netdmas.push((mode, NetDma::from_config(cfg).map_err(|e| e.to_string())?));
+                    netdmas.push((
+                        mode,
+                        Arc::new(NetDma::from_config(cfg).map_err(|e| e.to_string())?),
+                    ));
                 }
             }
         }
         Ok(RecvBed {
             mtu,
-            server,
+            server: Some(server),
             client: Some(client),
             sh,
             ch,
@@ -225,7 +239,7 @@ impl RecvBed {
         self.netdmas
             .iter()
             .find(|(m, _)| *m == mode)
-            .map(|(_, n)| n)
+            .map(|(_, n)| &**n)
     }
 
     /// Streams `total` bytes and receives them with `mode`, `read_size` bytes per read.
@@ -235,9 +249,68 @@ impl RecvBed {
     /// If `read_size` exceeds the bed's `max_read`, or the stream stalls for 10 s.
     pub fn run(&mut self, mode: RecvMode, read_size: usize, total: usize) -> StreamResult {
         assert!(read_size > 0 && read_size <= self.buf.len());
+        if mode == RecvMode::Pipelined {
+            return self.run_pipelined(read_size, total);
+        }
         match self.pump {
             Pump::SameThread => self.run_same_thread(mode, read_size, total),
             Pump::SenderThread => self.run_sender_thread(mode, read_size, total),
+        }
+    }
+
+    /// The pipelined receive: posts `read_size` buffers (complete when full) and polls;
+    /// the pump is always [`Pump::SameThread`], where the overlap happens.
+    fn run_pipelined(&mut self, read_size: usize, total: usize) -> StreamResult {
+        let netdma = self
+            .netdmas
+            .iter()
+            .find(|(m, _)| *m == RecvMode::Pipelined)
+            .map(|(_, n)| n.clone())
+            .expect("a netdma instance for the pipelined mode");
+        let server = self.server.take().expect("server stack present");
+        let mut pipeline = Pipeline::new(server, netdma);
+        let client = self.client.as_mut().expect("client stack present");
+        let (mut sent, mut received, mut recv_wall) = (0usize, 0usize, 0u64);
+        let cpu0 = thread_cpu_ns();
+        let start = Instant::now();
+        let mut last_progress = start;
+        let mut spare = Some(vec![0u8; read_size]);
+        while received < total {
+            if sent < total {
+                sent += fill(client.tcp_mut(self.ch), total - sent);
+            }
+            client.poll();
+            let t0 = Instant::now();
+            if let Some(buf) = spare.take() {
+                let want = read_size.min(total - received);
+                pipeline
+                    .post_recv(self.sh, buf, want)
+                    .expect("one read posted at a time");
+            }
+            pipeline.poll();
+            let mut got = 0;
+            if let Some(done) = pipeline.take_completed(self.sh) {
+                got = done.len;
+                spare = Some(done.buf);
+            }
+            recv_wall += t0.elapsed().as_nanos() as u64;
+            received += got;
+            if got > 0 {
+                last_progress = Instant::now();
+            } else {
+                assert!(
+                    last_progress.elapsed() < Duration::from_secs(10),
+                    "stream stalled at {received}/{total} bytes (pipelined)"
+                );
+            }
+        }
+        let wall_ns = start.elapsed().as_nanos() as u64;
+        self.server = Some(pipeline.into_stack());
+        let on_cpu = (thread_cpu_ns().saturating_sub(cpu0) as f64 / wall_ns.max(1) as f64).min(1.0);
+        StreamResult {
+            bytes: received as u64,
+            wall_ns,
+            recv_cpu_ns: (recv_wall as f64 * on_cpu) as u64,
         }
     }
 
@@ -246,7 +319,7 @@ impl RecvBed {
             .netdmas
             .iter()
             .find(|(m, _)| *m == mode)
-            .map(|(_, n)| n);
+            .map(|(_, n)| &**n);
         let client = self.client.as_mut().expect("client stack present");
         let (mut sent, mut received, mut recv_wall) = (0usize, 0usize, 0u64);
         let cpu0 = thread_cpu_ns();
@@ -258,8 +331,9 @@ impl RecvBed {
             }
             client.poll();
             let t0 = Instant::now();
-            self.server.poll();
-            let sock = self.server.tcp_mut(self.sh);
+            let server = self.server.as_mut().expect("server stack present");
+            server.poll();
+            let sock = server.tcp_mut(self.sh);
             let got = drain(
                 mode,
                 netdma,
@@ -315,14 +389,15 @@ impl RecvBed {
             .netdmas
             .iter()
             .find(|(m, _)| *m == mode)
-            .map(|(_, n)| n);
+            .map(|(_, n)| &**n);
         let (mut received, c0) = (0usize, thread_cpu_ns());
         let start = Instant::now();
         let mut last_progress = start;
         let mut stalled = false;
         while received < total {
-            self.server.poll();
-            let sock = self.server.tcp_mut(self.sh);
+            let server = self.server.as_mut().expect("server stack present");
+            server.poll();
+            let sock = server.tcp_mut(self.sh);
             let got = drain(
                 mode,
                 netdma,
@@ -346,7 +421,7 @@ impl RecvBed {
         // Let the sender see its last ACKs, so the next run starts with an idle connection.
         let settle = Instant::now();
         while settle.elapsed() < Duration::from_millis(2) {
-            self.server.poll();
+            self.server.as_mut().expect("server stack present").poll();
         }
         done.store(true, Ordering::Relaxed);
         self.client = Some(sender.join().expect("sender thread panicked"));

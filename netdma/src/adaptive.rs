@@ -1,6 +1,13 @@
 //! The adaptive copybreak (`tcp_dma_copybreak = "auto"`): measure both paths as traffic
 //! flows and route to the cheaper one.
 //!
+//! Costs are the wall time a read spends in netdma per KiB (a read's copy is synchronous,
+//! so that is the receiving thread's time; `Instant` costs ~20 ns where the thread CPU
+//! clock costs a syscall). The path not in use is probed on a clock that backs off from
+//! 1 ms to 64 ms while the probes keep confirming the choice: probes of a path ten times
+//! dearer then cost well under 1%, and a change of placement is still noticed within a
+//! few probes (a fraction of a second).
+//!
 //! Whether offload pays changes at run time with where the host puts the vCPUs (DESIGN.md:
 //! 0.7x the receiver CPU in one placement, 2x in the other), so a fixed threshold is right
 //! one minute and wrong the next. The policy keeps an exponentially weighted cost per KiB
@@ -9,10 +16,12 @@
 //! within a few hundred reads. Failed DMA copies are not samples. The state machine takes
 //! its samples as arguments: no clock inside, so tests drive it directly.
 
-/// Every n-th eligible read is measured (reading the thread CPU clock costs a syscall).
-pub(crate) const SAMPLE_EVERY: u64 = 8;
-/// Every n-th eligible read goes the other way, to keep that estimate fresh.
-pub(crate) const PROBE_EVERY: u64 = 64;
+/// Every n-th eligible read on the chosen path is measured.
+pub(crate) const SAMPLE_EVERY: u64 = 16;
+/// The first probe interval, and the one after every switch.
+const PROBE_MIN_NS: u64 = 1_000_000;
+/// The longest probe interval.
+const PROBE_MAX_NS: u64 = 64_000_000;
 /// Switch only when the other path is cheaper by this fraction.
 const HYSTERESIS: f64 = 0.05;
 /// Weight of a new sample.
@@ -26,19 +35,34 @@ pub(crate) struct Choice {
 }
 
 /// The policy's state.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub(crate) struct Adaptive {
     cpu_cost: Option<f64>,
     dma_cost: Option<f64>,
     use_dma: bool,
     reads: u64,
+    next_probe_ns: u64,
+    probe_interval_ns: u64,
+}
+
+impl Default for Adaptive {
+    fn default() -> Self {
+        Adaptive {
+            cpu_cost: None,
+            dma_cost: None,
+            use_dma: false,
+            reads: 0,
+            next_probe_ns: 0,
+            probe_interval_ns: PROBE_MIN_NS,
+        }
+    }
 }
 
 impl Adaptive {
-    /// Chooses the path for the next eligible read.
-    pub(crate) fn choose(&mut self) -> Choice {
+    /// Chooses the path for the next eligible read; `now_ns` is any monotonic clock.
+    pub(crate) fn choose(&mut self, now_ns: u64) -> Choice {
         self.reads += 1;
-        // Until both paths have an estimate, alternate and measure every read.
+        // Until both paths have an estimate, measure each.
         match (self.cpu_cost, self.dma_cost) {
             (None, _) => {
                 return Choice {
@@ -54,7 +78,9 @@ impl Adaptive {
             }
             _ => {}
         }
-        if self.reads.is_multiple_of(PROBE_EVERY) {
+        if now_ns >= self.next_probe_ns {
+            self.next_probe_ns = now_ns + self.probe_interval_ns;
+            self.probe_interval_ns = (self.probe_interval_ns * 2).min(PROBE_MAX_NS);
             return Choice {
                 dma: !self.use_dma,
                 sample: true,
@@ -66,12 +92,12 @@ impl Adaptive {
         }
     }
 
-    /// Records a measured read: `cpu_ns` of the receiving thread's CPU for `bytes`.
-    pub(crate) fn record(&mut self, dma: bool, bytes: usize, cpu_ns: u64) {
+    /// Records a measured read: `spent_ns` of the receiving thread for `bytes`.
+    pub(crate) fn record(&mut self, dma: bool, bytes: usize, spent_ns: u64) {
         if bytes == 0 {
             return;
         }
-        let cost = cpu_ns as f64 * 1024.0 / bytes as f64;
+        let cost = spent_ns as f64 * 1024.0 / bytes as f64;
         let slot = if dma {
             &mut self.dma_cost
         } else {
@@ -92,6 +118,7 @@ impl Adaptive {
             } else if !self.use_dma && dma < cpu * (1.0 - HYSTERESIS) {
                 tracing::debug!(cpu, dma, "adaptive copybreak: DMA pays, offloading");
                 self.use_dma = true;
+                self.probe_interval_ns = PROBE_MIN_NS;
             }
         }
     }
@@ -119,9 +146,11 @@ pub fn thread_cpu_ns() -> u64 {
 mod tests {
     use super::*;
 
-    fn feed(policy: &mut Adaptive, reads: u64, cpu_cost: u64, dma_cost: u64) {
+    /// Feeds `reads` reads, 10 us apart, with the given costs per KiB.
+    fn feed(policy: &mut Adaptive, clock: &mut u64, reads: u64, cpu_cost: u64, dma_cost: u64) {
         for _ in 0..reads {
-            let c = policy.choose();
+            *clock += 10_000;
+            let c = policy.choose(*clock);
             if c.sample {
                 policy.record(c.dma, 1024, if c.dma { dma_cost } else { cpu_cost });
             }
@@ -130,28 +159,51 @@ mod tests {
 
     #[test]
     fn routes_to_dma_when_it_is_cheaper_and_back_when_it_stops_paying() {
-        let mut p = Adaptive::default();
-        feed(&mut p, 200, 1000, 700);
+        let (mut p, mut clock) = (Adaptive::default(), 0);
+        feed(&mut p, &mut clock, 200, 1000, 700);
         assert!(p.prefers_dma());
-        // The placement changes: offload now costs twice the CPU copy.
-        feed(&mut p, 3 * PROBE_EVERY, 1000, 2000);
+        // The placement changes: offload now costs twice the CPU copy. Noticed within
+        // 100 reads (1 ms of traffic here).
+        feed(&mut p, &mut clock, 100, 1000, 2000);
         assert!(!p.prefers_dma());
     }
 
     #[test]
+    fn notices_within_a_second_when_dma_starts_paying() {
+        let (mut p, mut clock) = (Adaptive::default(), 0);
+        feed(&mut p, &mut clock, 100_000, 1000, 3000); // a second of traffic
+        assert!(!p.prefers_dma());
+        feed(&mut p, &mut clock, 100_000, 1000, 500);
+        assert!(p.prefers_dma(), "not noticed within a second");
+    }
+
+    #[test]
     fn hysteresis_holds_the_choice_when_costs_are_close() {
-        let mut p = Adaptive::default();
-        feed(&mut p, 200, 1000, 700);
+        let (mut p, mut clock) = (Adaptive::default(), 0);
+        feed(&mut p, &mut clock, 200, 1000, 700);
         assert!(p.prefers_dma());
-        feed(&mut p, 1000, 1000, 1030);
+        feed(&mut p, &mut clock, 1000, 1000, 1030);
         assert!(p.prefers_dma(), "3% worse is inside the 5% band");
     }
 
     #[test]
-    fn probes_the_other_path() {
-        let mut p = Adaptive::default();
-        feed(&mut p, 10, 1000, 5000);
-        let probes = (0..PROBE_EVERY).filter(|_| p.choose().dma).count();
-        assert_eq!(probes, 1);
+    fn probes_back_off_while_they_confirm_the_choice() {
+        let (mut p, mut clock) = (Adaptive::default(), 0);
+        feed(&mut p, &mut clock, 1000, 1000, 5000);
+        // Over the next second (100,000 reads 10 us apart) at most ~1 ms/64 ms probes.
+        let mut probes = 0;
+        for _ in 0..100_000 {
+            clock += 10_000;
+            let c = p.choose(clock);
+            if c.dma {
+                probes += 1;
+                p.record(true, 1024, 5000);
+            }
+        }
+        assert!(probes <= 25, "{probes} probes in a second");
+        assert!(
+            probes >= 10,
+            "{probes} probes in a second: too few to notice a change"
+        );
     }
 }

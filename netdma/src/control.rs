@@ -230,6 +230,11 @@ impl NetDma {
         true
     }
 
+    /// Nanoseconds since this offload was created (the adaptive policy's clock).
+    pub(crate) fn clock_ns(&self) -> u64 {
+        self.epoch.elapsed().as_nanos() as u64
+    }
+
     /// Notes a DMA-eligible read at `now` (for idle release).
     pub(crate) fn touch(&self, now: Instant) {
         let ns = now.saturating_duration_since(self.epoch).as_nanos() as u64;

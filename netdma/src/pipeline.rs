@@ -13,7 +13,7 @@
 //! | --- | --- | --- |
 //! | the posted buffer (a `Vec<u8>`) | the pipeline | moved in by [`post_recv`](Pipeline::post_recv), handed back only when its copies are done; written by the CPU only through raw pointers to bytes no copy targets |
 //! | the socket's receive-ring bytes under copy | the pipeline | unconsumed: smoltcp writes only *free* ring space, and they are released (`recv(|_| (n, ()))`) only after their copy is done |
-//! | the socket itself | the pipeline's `SocketSet` | the pipeline never hands out `&mut` to a socket or the set, so nothing can remove a socket, `listen`/`connect` it anew (which clears the ring) or drop it while its copies are in flight; [`abort`](Pipeline::abort), [`cancel`](Pipeline::cancel) and `Drop` finish or cancel the copies first |
+//! | the socket itself | the pipeline's `SocketSet` | the pipeline never hands out `&mut` to a socket or the set, so nothing can remove a socket, `listen`/`connect` it anew (which clears the ring) or drop it while its copies are in flight; [`abort`](Pipeline::abort), [`cancel`](Pipeline::cancel), [`into_stack`](Pipeline::into_stack) and `Drop` finish or cancel the copies first |
 //!
 //! A reset from the peer (RST) clears the ring's indices but not its bytes, and no new
 //! data can land there until the socket is set up again, which only the pipeline can do,
@@ -90,7 +90,8 @@ struct Posted {
 
 /// A [`Stack`] whose TCP reads are posted and filled by DMA while it polls.
 pub struct Pipeline<L: Link> {
-    stack: Stack<L>,
+    /// Always `Some`, except inside `into_stack`.
+    stack: Option<Stack<L>>,
     netdma: Arc<NetDma>,
     posted: Vec<Posted>,
     done: Vec<(SocketHandle, Completed)>,
@@ -100,7 +101,7 @@ impl<L: Link> Pipeline<L> {
     /// A pipeline over `stack` routing through `netdma`.
     pub fn new(stack: Stack<L>, netdma: Arc<NetDma>) -> Self {
         Pipeline {
-            stack,
+            stack: Some(stack),
             netdma,
             posted: Vec::new(),
             done: Vec::new(),
@@ -109,7 +110,18 @@ impl<L: Link> Pipeline<L> {
 
     /// The stack, read-only (mutable access would let a socket be removed under a copy).
     pub fn stack(&self) -> &Stack<L> {
-        &self.stack
+        self.stack.as_ref().expect("stack present until into_stack")
+    }
+
+    fn stack_mut(&mut self) -> &mut Stack<L> {
+        self.stack.as_mut().expect("stack present until into_stack")
+    }
+
+    /// Finishes every posted read (waiting for, or at the timeout cancelling, its copies;
+    /// finished reads are dropped) and returns the stack.
+    pub fn into_stack(mut self) -> Stack<L> {
+        self.drain();
+        self.stack.take().expect("stack present until into_stack")
     }
 
     /// The offload.
@@ -119,7 +131,7 @@ impl<L: Link> Pipeline<L> {
 
     /// Adds a TCP socket with the given buffer sizes.
     pub fn add_tcp_socket(&mut self, rx_bytes: usize, tx_bytes: usize) -> SocketHandle {
-        self.stack.add_tcp_socket(rx_bytes, tx_bytes)
+        self.stack_mut().add_tcp_socket(rx_bytes, tx_bytes)
     }
 
     /// Runs `f` on a socket that has no posted read (listen, connect, send, close...).
@@ -133,18 +145,18 @@ impl<L: Link> Pipeline<L> {
         if self.posted.iter().any(|p| p.handle == handle) {
             return None;
         }
-        Some(f(self.stack.tcp_mut(handle)))
+        Some(f(self.stack_mut().tcp_mut(handle)))
     }
 
     /// Queues data to send on `handle` (safe with a read posted: sending never touches
     /// the receive ring).
     pub fn send(&mut self, handle: SocketHandle, data: &[u8]) -> Result<usize, tcp::SendError> {
-        self.stack.tcp_mut(handle).send_slice(data)
+        self.stack_mut().tcp_mut(handle).send_slice(data)
     }
 
     /// The socket's TCP state.
     pub fn state(&mut self, handle: SocketHandle) -> tcp::State {
-        self.stack.tcp_mut(handle).state()
+        self.stack_mut().tcp_mut(handle).state()
     }
 
     /// Posts `buf` to be filled from `handle`. The read completes when `buf` is full, or
@@ -176,12 +188,12 @@ impl<L: Link> Pipeline<L> {
         let mut sample_start = None;
         if params.copybreak.is_auto() {
             if let Mode::Dma(_) = mode {
-                let choice = netdma.adaptive.lock().choose();
+                let choice = netdma.adaptive.lock().choose(netdma.clock_ns());
                 if !choice.dma {
                     mode = Mode::Cpu(Some(Fallback::Adaptive));
                 }
                 if choice.sample {
-                    sample_start = Some(crate::thread_cpu_ns());
+                    sample_start = Some(netdma.clock_ns());
                 }
             }
         }
@@ -211,11 +223,12 @@ impl<L: Link> Pipeline<L> {
     /// copies, releases their ring space, submits copies of new data. Returns whether
     /// anything happened.
     pub fn poll(&mut self) -> bool {
-        let mut progress = self.stack.poll();
+        let mut progress = self.stack_mut().poll();
         let mut i = 0;
         while i < self.posted.len() {
             let handle = self.posted[i].handle;
-            let socket = self.stack.tcp_mut(handle);
+            let stack = self.stack.as_mut().expect("stack present until into_stack");
+            let socket = stack.tcp_mut(handle);
             progress |= advance(&self.netdma, socket, &mut self.posted[i], false);
             if is_complete(&self.posted[i]) {
                 let p = self.posted.swap_remove(i);
@@ -234,14 +247,14 @@ impl<L: Link> Pipeline<L> {
             return Ok(());
         }
         self.netdma.maintain(Instant::now());
-        self.stack.poll_wait(max)
+        self.stack_mut().poll_wait(max)
     }
 
     /// Cancels the read posted on `handle` (finishing or cancelling its copies) and
     /// aborts the connection; returns the read as it stood.
     pub fn abort(&mut self, handle: SocketHandle) -> Option<Completed> {
         let completed = self.cancel(handle);
-        self.stack.tcp_mut(handle).abort();
+        self.stack_mut().tcp_mut(handle).abort();
         completed.or_else(|| self.take_completed(handle))
     }
 
@@ -250,13 +263,17 @@ impl<L: Link> Pipeline<L> {
     pub fn cancel(&mut self, handle: SocketHandle) -> Option<Completed> {
         let pos = self.posted.iter().position(|p| p.handle == handle)?;
         let mut p = self.posted.swap_remove(pos);
-        advance(&self.netdma, self.stack.tcp_mut(handle), &mut p, true);
+        let stack = self.stack.as_mut().expect("stack present until into_stack");
+        advance(&self.netdma, stack.tcp_mut(handle), &mut p, true);
         Some(self.complete(p))
     }
 
     fn drain(&mut self) {
+        let Some(stack) = self.stack.as_mut() else {
+            return; // into_stack already drained
+        };
         while let Some(mut p) = self.posted.pop() {
-            advance(&self.netdma, self.stack.tcp_mut(p.handle), &mut p, true);
+            advance(&self.netdma, stack.tcp_mut(p.handle), &mut p, true);
         }
     }
 
@@ -270,7 +287,7 @@ impl<L: Link> Pipeline<L> {
         debug_assert!(p.inflight.is_empty());
         if let Some(start) = p.sample_start {
             if !p.dma_failed {
-                let spent = crate::thread_cpu_ns().saturating_sub(start);
+                let spent = self.netdma.clock_ns().saturating_sub(start);
                 let dma = matches!(p.mode, Mode::Dma(_));
                 self.netdma.adaptive.lock().record(dma, p.filled, spent);
             }

@@ -23,7 +23,6 @@
 //! `unsafe` at all. The ring wraps around: a read loops over its contiguous regions until
 //! the request is satisfied or no data is left.
 
-use crate::adaptive::thread_cpu_ns;
 use crate::config::Copybreak;
 use crate::control::{DmaState, NetDma, RecvParams};
 use crate::counters::Fallback;
@@ -68,32 +67,32 @@ impl NetDma {
         if let Route::Cpu(reason) = self.route_static(buf.len(), &params) {
             return self.recv_cpu(socket, buf, reason);
         }
-        let (dma, channel) = match self.eligible_channel() {
-            Ok(found) => found,
-            Err(reason) => return self.recv_cpu(socket, buf, Some(reason)),
-        };
-        let choice = if params.copybreak.is_auto() {
-            Some(self.adaptive.lock().choose())
+        if !params.copybreak.is_auto() {
+            return match self.eligible_channel() {
+                Ok((_guard, channel)) => self
+                    .recv_dma(socket, buf, &channel, &params)
+                    .map(|(n, _)| n),
+                Err(reason) => self.recv_cpu(socket, buf, Some(reason)),
+            };
+        }
+        // Adaptive: decide first, so a read routed to the CPU costs one clock read and
+        // one uncontended lock more than a plain CPU read, and no channel lookup.
+        let start = self.clock_ns();
+        let choice = self.adaptive.lock().choose(start);
+        let result = if choice.dma {
+            match self.eligible_channel() {
+                Ok((_guard, channel)) => self.recv_dma(socket, buf, &channel, &params),
+                Err(reason) => return self.recv_cpu(socket, buf, Some(reason)),
+            }
         } else {
-            None
-        };
-        let use_dma = choice.is_none_or(|c| c.dma);
-        let sample = choice.is_some_and(|c| c.sample);
-        let start = if sample { thread_cpu_ns() } else { 0 };
-        let result = if use_dma {
-            self.recv_dma(socket, buf, &channel, &params)
-        } else {
-            drop(dma);
             self.recv_cpu(socket, buf, Some(Fallback::Adaptive))
-                .map(|n| (n, false))
+                .map(|n| (n, true))
         };
-        if sample {
-            if let Ok((n, clean)) = result {
-                // Failed DMA copies are not samples of what DMA costs.
-                if !use_dma || clean {
-                    let spent = thread_cpu_ns().saturating_sub(start);
-                    self.adaptive.lock().record(use_dma, n, spent);
-                }
+        if let (true, Ok((n, clean))) = (choice.sample, &result) {
+            // Failed DMA copies are not samples of what DMA costs.
+            if *clean {
+                let spent = self.clock_ns().saturating_sub(start);
+                self.adaptive.lock().record(choice.dma, *n, spent);
             }
         }
         result.map(|(n, _)| n)
