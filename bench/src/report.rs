@@ -943,11 +943,13 @@ impl Report {
             match t.key {
                 "recv_dma_throughput_ratio" | "app_cpu_per_mib_ratio" => {
                     s += &format!(
-                        "- `{}` = {:.3} ({} best): `NetDma::recv` waits for its copies before it \
-                         returns, so the receiving thread does not overlap protocol work with the \
-                         copy; a synchronous hand-off cannot beat an inline memcpy (64 KiB hot: CPU \
-                         {}, DMA submit+wait {}, 8 in flight {} GB/s). Only a pipelined receive \
-                         (copies in flight while the stack keeps polling) can pay here.\n",
+                        "- `{}` = {:.3} ({} best): the software engine's copy is no faster than \
+                         the inline one it replaces (64 KiB hot: CPU {}, DMA submit+wait {}, 8 in \
+                         flight {} GB/s), and the ring data it reads sits in the receiving core's \
+                         cache. `NetDma::recv` waits for its copies, so nothing overlaps; the \
+                         pipelined receive overlaps them with polling, but in this one-thread \
+                         harness the sender stalls until ring space is released, so the receiving \
+                         thread still ends up polling while the copies finish.\n",
                         t.key,
                         t.value,
                         h.best_dma_mode.name(),
@@ -959,8 +961,8 @@ impl Report {
                 "auto_throughput_ratio" => {
                     s += &format!(
                         "- `auto_throughput_ratio` = {:.3}: the adaptive mode sent {} by DMA and {} \
-                         by the CPU; its probes of the losing path (and the CPU-clock samples) cost \
-                         throughput.\n",
+                         by the CPU; what it costs is its probes of the losing path, its clock reads \
+                         and lock, and run-to-run noise of a few percent on this shared machine.\n",
                         t.value,
                         fmt_bytes(h.auto_dma_bytes.0),
                         fmt_bytes(h.auto_dma_bytes.1)
