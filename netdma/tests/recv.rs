@@ -97,15 +97,7 @@ fn small_mtu_stream_is_exact() {
     let netdma = netdma_with(Copybreak::Bytes(4096), true);
     let (mut pair, server, client) = connected(1500);
     let data = pattern(8 * MIB, 15);
-    let received = stream(
-        &mut pair,
-        server,
-        client,
-        &netdma,
-        &data,
-        || 65536,
-        |_, _| {},
-    );
+    let received = stream_64k(&mut pair, server, client, &netdma, &data);
     assert_same(&received, &data);
     assert!(netdma.stats().dma_bytes > 0);
 }
@@ -129,15 +121,7 @@ fn fallback_reasons_are_counted() {
     assert_eq!(s.fallback_bytes.below_copybreak, MIB as u64);
 
     netdma.set("net.ipv4.tcp_low_latency", "1").unwrap();
-    stream(
-        &mut pair,
-        server,
-        client,
-        &netdma,
-        &data[MIB..2 * MIB],
-        || 65536,
-        |_, _| {},
-    );
+    stream_64k(&mut pair, server, client, &netdma, &data[MIB..2 * MIB]);
     assert_eq!(netdma.stats().fallback_bytes.low_latency, MIB as u64);
     netdma.set("net.ipv4.tcp_low_latency", "0").unwrap();
 
@@ -175,15 +159,7 @@ fn no_channel_falls_back() {
     let netdma = NetDma::new(Engine::new(), NetDmaConfig::default()).unwrap();
     let (mut pair, server, client) = connected(65535);
     let data = pattern(2 * MIB, 4);
-    let received = stream(
-        &mut pair,
-        server,
-        client,
-        &netdma,
-        &data,
-        || 65536,
-        |_, _| {},
-    );
+    let received = stream_64k(&mut pair, server, client, &netdma, &data);
     assert_same(&received, &data);
     let s = netdma.stats();
     assert_eq!(s.dma_bytes, 0);
@@ -196,15 +172,7 @@ fn cpu_fraction_splits_each_copy() {
     netdma.set("net.netdma.cpu_fraction", "0.5").unwrap();
     let (mut pair, server, client) = connected(65535);
     let data = pattern(8 * MIB, 5);
-    let received = stream(
-        &mut pair,
-        server,
-        client,
-        &netdma,
-        &data,
-        || 65536,
-        |_, _| {},
-    );
+    let received = stream_64k(&mut pair, server, client, &netdma, &data);
     assert_same(&received, &data);
     let s = netdma.stats();
     assert!(s.dma_bytes > 0 && s.cpu_bytes > 0, "{s:?}");
@@ -219,15 +187,7 @@ fn unregister_refused_while_enabled_accepted_after_disable() {
     let dev = netdma.device().unwrap();
     let (mut pair, server, client) = connected(65535);
     let data = pattern(8 * MIB, 6);
-    let first = stream(
-        &mut pair,
-        server,
-        client,
-        &netdma,
-        &data[..4 * MIB],
-        || 65536,
-        |_, _| {},
-    );
+    let first = stream_64k(&mut pair, server, client, &netdma, &data[..4 * MIB]);
     assert!(matches!(
         netdma.engine().unregister_device(dev),
         Err(UnregisterError::Busy { clients: 1, .. })
@@ -236,15 +196,7 @@ fn unregister_refused_while_enabled_accepted_after_disable() {
     assert_eq!(netdma.engine().total_references(), 0);
     netdma.engine().unregister_device(dev).unwrap();
     let dma_before = netdma.stats().dma_bytes;
-    let second = stream(
-        &mut pair,
-        server,
-        client,
-        &netdma,
-        &data[4 * MIB..],
-        || 65536,
-        |_, _| {},
-    );
+    let second = stream_64k(&mut pair, server, client, &netdma, &data[4 * MIB..]);
     assert_same(&[first, second].concat(), &data);
     assert_eq!(netdma.stats().dma_bytes, dma_before, "no DMA after disable");
     assert!(netdma.stats().fallback.disabled > 0);
@@ -287,15 +239,7 @@ fn toggling_during_a_64mib_transfer_loses_nothing() {
             toggles
         })
     };
-    let received = stream(
-        &mut pair,
-        server,
-        client,
-        &netdma,
-        &data,
-        || 65536,
-        |_, _| {},
-    );
+    let received = stream_64k(&mut pair, server, client, &netdma, &data);
     stop.store(true, Ordering::Relaxed);
     let toggles = toggler.join().unwrap();
     assert_same(&received, &data);
@@ -318,15 +262,7 @@ fn idle_release_drops_references_and_the_next_read_takes_them_again() {
     netdma.set("net.netdma.idle_release_ms", "10").unwrap();
     let (mut pair, server, client) = connected(65535);
     let data = pattern(2 * MIB, 8);
-    let first = stream(
-        &mut pair,
-        server,
-        client,
-        &netdma,
-        &data[..MIB],
-        || 65536,
-        |_, _| {},
-    );
+    let first = stream_64k(&mut pair, server, client, &netdma, &data[..MIB]);
     assert!(netdma.holds_client());
     // Time is passed in: not idle yet right after a read, idle 1 s later.
     assert!(!netdma.maintain(Instant::now()));
@@ -335,15 +271,7 @@ fn idle_release_drops_references_and_the_next_read_takes_them_again() {
     assert_eq!(netdma.engine().total_references(), 0);
     assert!(netdma.is_enabled());
     let dma_before = netdma.stats().dma_bytes;
-    let second = stream(
-        &mut pair,
-        server,
-        client,
-        &netdma,
-        &data[MIB..],
-        || 65536,
-        |_, _| {},
-    );
+    let second = stream_64k(&mut pair, server, client, &netdma, &data[MIB..]);
     assert_same(&[first, second].concat(), &data);
     assert!(netdma.holds_client());
     assert!(netdma.stats().dma_bytes > dma_before, "DMA resumed lazily");
@@ -369,15 +297,7 @@ fn a_channel_failing_every_third_transfer_still_delivers_exact_data() {
     let netdma = netdma_over(device.clone(), NetDmaConfig::default());
     let (mut pair, server, client) = connected(65535);
     let data = pattern(16 * MIB, 9);
-    let received = stream(
-        &mut pair,
-        server,
-        client,
-        &netdma,
-        &data,
-        || 65536,
-        |_, _| {},
-    );
+    let received = stream_64k(&mut pair, server, client, &netdma, &data);
     assert_same(&received, &data);
     let s = netdma.stats();
     assert!(device.faults_injected() > 0);
@@ -397,15 +317,7 @@ fn a_stalled_channel_times_out_and_the_cpu_completes_the_read() {
     let netdma = netdma_over(device.clone(), config);
     let (mut pair, server, client) = connected(65535);
     let data = pattern(MIB, 10);
-    let received = stream(
-        &mut pair,
-        server,
-        client,
-        &netdma,
-        &data,
-        || 65536,
-        |_, _| {},
-    );
+    let received = stream_64k(&mut pair, server, client, &netdma, &data);
     assert_same(&received, &data);
     let s = netdma.stats();
     assert_eq!(s.dma_bytes, 0);
@@ -487,15 +399,7 @@ fn adaptive_mode_delivers_exact_data() {
     let netdma = netdma_with(Copybreak::Auto, true);
     let (mut pair, server, client) = connected(65535);
     let data = pattern(16 * MIB, 12);
-    let received = stream(
-        &mut pair,
-        server,
-        client,
-        &netdma,
-        &data,
-        || 65536,
-        |_, _| {},
-    );
+    let received = stream_64k(&mut pair, server, client, &netdma, &data);
     assert_same(&received, &data);
     let s = netdma.stats();
     assert_eq!(s.total_bytes(), data.len() as u64);

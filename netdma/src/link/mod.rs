@@ -107,6 +107,15 @@ pub(crate) fn to_smoltcp_duration(d: Duration) -> smoltcp::time::Duration {
     smoltcp::time::Duration::from_micros(micros.min(u64::MAX as u128) as u64)
 }
 
+/// Capabilities of a link whose peer is the Linux kernel: Ethernet with the given frame
+/// MTU, and smoltcp's default checksum handling (compute and verify everything).
+pub(crate) fn kernel_peer_capabilities(frame_mtu: usize) -> smoltcp::phy::DeviceCapabilities {
+    let mut caps = smoltcp::phy::DeviceCapabilities::default();
+    caps.medium = smoltcp::phy::Medium::Ethernet;
+    caps.max_transmission_unit = frame_mtu;
+    caps
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -5,7 +5,7 @@ use std::os::unix::io::RawFd;
 use std::time::Duration;
 
 use pnet_datalink::{Channel, DataLinkReceiver, DataLinkSender, NetworkInterface};
-use smoltcp::phy::{self, Device, DeviceCapabilities, Medium};
+use smoltcp::phy::{self, Device, DeviceCapabilities};
 use smoltcp::time::Instant;
 
 use super::{poll_readable, Link, LinkStats};
@@ -331,11 +331,7 @@ impl Device for PacketLink {
     }
 
     fn capabilities(&self) -> DeviceCapabilities {
-        // Default checksum capabilities: compute and verify everything (kernel peer).
-        let mut caps = DeviceCapabilities::default();
-        caps.medium = Medium::Ethernet;
-        caps.max_transmission_unit = self.frame_mtu;
-        caps
+        super::kernel_peer_capabilities(self.frame_mtu)
     }
 }
 

@@ -147,11 +147,7 @@ impl Device for TapLink {
     }
 
     fn capabilities(&self) -> DeviceCapabilities {
-        // Default checksum capabilities: compute and verify everything (kernel peer).
-        let mut caps = DeviceCapabilities::default();
-        caps.medium = Medium::Ethernet;
-        caps.max_transmission_unit = self.frame_mtu;
-        caps
+        super::kernel_peer_capabilities(self.frame_mtu)
     }
 }
 

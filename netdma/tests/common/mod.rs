@@ -95,3 +95,15 @@ pub fn assert_same(got: &[u8], want: &[u8]) {
         );
     }
 }
+
+/// [`stream`] with 64 KiB reads and no per-read check.
+#[track_caller]
+pub fn stream_64k(
+    pair: &mut StackPair,
+    server: SocketHandle,
+    client: SocketHandle,
+    netdma: &NetDma,
+    data: &[u8],
+) -> Vec<u8> {
+    stream(pair, server, client, netdma, data, || 65536, |_, _| {})
+}
