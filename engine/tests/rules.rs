@@ -1398,3 +1398,79 @@ fn refused_submissions_do_not_count_as_transfers_for_faults() {
     );
     assert_eq!(dev.faults_injected(), 1);
 }
+
+// ---- API misuse: typed errors, no panic, counts unchanged -------------------------------
+
+#[test]
+fn misuse_waiting_on_another_channels_cookie_is_wrong_channel() {
+    let engine = Engine::new();
+    engine
+        .register_device(SoftwareDevice::builder().channels(2).build())
+        .unwrap();
+    let a = engine.request_channel(memcpy(), |_| true).unwrap();
+    let b = engine.request_channel(memcpy(), |_| true).unwrap();
+    let transfer = a.memcpy_owned(vec![0u8; 64], vec![1u8; 64]).unwrap();
+    let before = b.counters();
+    assert_eq!(
+        b.wait(transfer.cookie(), Duration::from_millis(10)),
+        Err(WaitError::WrongChannel {
+            cookie: transfer.cookie(),
+            channel: b.id()
+        })
+    );
+    assert!(matches!(
+        b.status(transfer.cookie()),
+        Err(WaitError::WrongChannel { .. })
+    ));
+    assert_eq!(b.counters(), before);
+    let (result, dst, _) = transfer.wait(Duration::from_secs(5));
+    assert_eq!(result, Ok(()));
+    assert_eq!(dst, vec![1u8; 64]);
+}
+
+#[test]
+fn misuse_a_channel_kept_after_its_private_release_refuses_work() {
+    let engine = Engine::new();
+    let device = SoftwareDevice::builder().channels(1).build();
+    engine.register_device(device.clone()).unwrap();
+    let private = engine.request_channel(memcpy(), |_| true).unwrap();
+    let kept: Channel = (*private).clone();
+    private.release();
+    assert_eq!(device.running_workers(), 0, "released: resources freed");
+    let before = kept.counters();
+    let rejected = kept.memcpy_owned(vec![0u8; 8], vec![1u8; 8]).unwrap_err();
+    assert_eq!(rejected.error, SubmitError::NoResources(kept.id()));
+    assert_eq!(rejected.dst, vec![0u8; 8], "buffers handed back untouched");
+    assert_eq!(kept.counters(), before);
+}
+
+#[test]
+fn misuse_unregistering_or_removing_twice_is_unknown_device() {
+    let engine = Engine::new();
+    let a = engine
+        .register_device(SoftwareDevice::builder().channels(1).build())
+        .unwrap();
+    let b = engine
+        .register_device(SoftwareDevice::builder().channels(1).build())
+        .unwrap();
+    engine.unregister_device(a).unwrap();
+    assert_eq!(
+        engine.unregister_device(a),
+        Err(UnregisterError::UnknownDevice(a))
+    );
+    assert_eq!(
+        engine.remove_device(a),
+        Err(UnregisterError::UnknownDevice(a))
+    );
+    assert_eq!(engine.remove_device(b), Ok(0));
+    assert_eq!(
+        engine.remove_device(b),
+        Err(UnregisterError::UnknownDevice(b))
+    );
+    assert_eq!(
+        engine.unregister_device(b),
+        Err(UnregisterError::UnknownDevice(b))
+    );
+    assert!(engine.snapshot().devices.is_empty());
+    assert_eq!(engine.total_references(), 0);
+}
