@@ -307,6 +307,7 @@ fn ignore_already(e: ControlError) -> Result<(), ControlError> {
 /// Loom models of the control protocol against a read in flight. Run with
 /// `RUSTFLAGS="--cfg loom" cargo test -p netdma --lib --release loom`.
 #[cfg(all(test, loom))]
+#[allow(unsafe_code)] // a test provider implements the unsafe `Provider` trait
 mod loom_models {
     use super::*;
     use crate::counters::Fallback;
