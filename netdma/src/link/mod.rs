@@ -116,6 +116,23 @@ pub(crate) fn kernel_peer_capabilities(frame_mtu: usize) -> smoltcp::phy::Device
     caps
 }
 
+/// Receive token of the kernel-backed links: lends smoltcp a frame that sits in the
+/// link's own receive buffer.
+#[doc(hidden)]
+#[derive(Debug)]
+pub struct FrameRxToken<'a> {
+    pub(crate) frame: &'a [u8],
+}
+
+impl smoltcp::phy::RxToken for FrameRxToken<'_> {
+    fn consume<R, F>(self, f: F) -> R
+    where
+        F: FnOnce(&[u8]) -> R,
+    {
+        f(self.frame)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -358,21 +358,8 @@ impl Link for PacketLink {
     }
 }
 
-/// Receive token of a [`PacketLink`]: borrows the frame from pnet's read buffer.
-#[doc(hidden)]
-#[derive(Debug)]
-pub struct RxToken<'a> {
-    frame: &'a [u8],
-}
-
-impl phy::RxToken for RxToken<'_> {
-    fn consume<R, F>(self, f: F) -> R
-    where
-        F: FnOnce(&[u8]) -> R,
-    {
-        f(self.frame)
-    }
-}
+/// Receive token of a [`PacketLink`]: borrows the frame from the link's buffer.
+pub use super::FrameRxToken as RxToken;
 
 /// Transmit token of a [`PacketLink`].
 #[doc(hidden)]

@@ -173,21 +173,8 @@ impl Link for TapLink {
     }
 }
 
-/// Receive token of a [`TapLink`]: borrows the frame from the link's receive buffer.
-#[doc(hidden)]
-#[derive(Debug)]
-pub struct RxToken<'a> {
-    frame: &'a [u8],
-}
-
-impl phy::RxToken for RxToken<'_> {
-    fn consume<R, F>(self, f: F) -> R
-    where
-        F: FnOnce(&[u8]) -> R,
-    {
-        f(self.frame)
-    }
-}
+/// Receive token of a [`TapLink`]: borrows the frame from the link's buffer.
+pub use super::FrameRxToken as RxToken;
 
 /// Transmit token of a [`TapLink`].
 #[doc(hidden)]
