@@ -270,48 +270,23 @@ impl RecvBed {
         let server = self.server.take().expect("server stack present");
         let mut pipeline = Pipeline::new(server, netdma);
         let client = self.client.as_mut().expect("client stack present");
-        let (mut sent, mut received, mut recv_wall) = (0usize, 0usize, 0u64);
-        let cpu0 = thread_cpu_ns();
-        let start = Instant::now();
-        let mut last_progress = start;
+        let sh = self.sh;
         let mut spare = Some(vec![0u8; read_size]);
-        while received < total {
-            if sent < total {
-                sent += fill(client.tcp_mut(self.ch), total - sent);
-            }
-            client.poll();
-            let t0 = Instant::now();
+        let result = pump_same_thread(client, self.ch, total, RecvMode::Pipelined, |remaining| {
             if let Some(buf) = spare.take() {
-                let want = read_size.min(total - received);
+                let want = read_size.min(remaining);
                 pipeline
-                    .post_recv(self.sh, buf, want)
+                    .post_recv(sh, buf, want)
                     .expect("one read posted at a time");
             }
             pipeline.poll();
-            let mut got = 0;
-            if let Some(done) = pipeline.take_completed(self.sh) {
-                got = done.len;
+            pipeline.take_completed(sh).map_or(0, |done| {
                 spare = Some(done.buf);
-            }
-            recv_wall += t0.elapsed().as_nanos() as u64;
-            received += got;
-            if got > 0 {
-                last_progress = Instant::now();
-            } else {
-                assert!(
-                    last_progress.elapsed() < Duration::from_secs(10),
-                    "stream stalled at {received}/{total} bytes (pipelined)"
-                );
-            }
-        }
-        let wall_ns = start.elapsed().as_nanos() as u64;
+                done.len
+            })
+        });
         self.server = Some(pipeline.into_stack());
-        let on_cpu = (thread_cpu_ns().saturating_sub(cpu0) as f64 / wall_ns.max(1) as f64).min(1.0);
-        StreamResult {
-            bytes: received as u64,
-            wall_ns,
-            recv_cpu_ns: (recv_wall as f64 * on_cpu) as u64,
-        }
+        result
     }
 
     fn run_same_thread(&mut self, mode: RecvMode, read_size: usize, total: usize) -> StreamResult {
@@ -321,46 +296,12 @@ impl RecvBed {
             .find(|(m, _)| *m == mode)
             .map(|(_, n)| &**n);
         let client = self.client.as_mut().expect("client stack present");
-        let (mut sent, mut received, mut recv_wall) = (0usize, 0usize, 0u64);
-        let cpu0 = thread_cpu_ns();
-        let start = Instant::now();
-        let mut last_progress = start;
-        while received < total {
-            if sent < total {
-                sent += fill(client.tcp_mut(self.ch), total - sent);
-            }
-            client.poll();
-            let t0 = Instant::now();
-            let server = self.server.as_mut().expect("server stack present");
+        let server = self.server.as_mut().expect("server stack present");
+        let (sh, buf) = (self.sh, &mut self.buf[..read_size]);
+        pump_same_thread(client, self.ch, total, mode, |remaining| {
             server.poll();
-            let sock = server.tcp_mut(self.sh);
-            let got = drain(
-                mode,
-                netdma,
-                sock,
-                &mut self.buf[..read_size],
-                total - received,
-            );
-            recv_wall += t0.elapsed().as_nanos() as u64;
-            received += got;
-            if got > 0 {
-                last_progress = Instant::now();
-            } else {
-                assert!(
-                    last_progress.elapsed() < Duration::from_secs(10),
-                    "stream stalled at {received}/{total} bytes ({mode})"
-                );
-            }
-        }
-        let wall_ns = start.elapsed().as_nanos() as u64;
-        // The thread runs flat out, so its CPU time is its wall time less preemption;
-        // scale the receiving side's wall time by that share.
-        let on_cpu = (thread_cpu_ns().saturating_sub(cpu0) as f64 / wall_ns.max(1) as f64).min(1.0);
-        StreamResult {
-            bytes: received as u64,
-            wall_ns,
-            recv_cpu_ns: (recv_wall as f64 * on_cpu) as u64,
-        }
+            drain(mode, netdma, server.tcp_mut(sh), buf, remaining)
+        })
     }
 
     fn run_sender_thread(
@@ -430,6 +371,48 @@ impl RecvBed {
             "stream stalled at {received}/{total} bytes ({mode})"
         );
         result
+    }
+}
+
+/// One thread sends `total` bytes on `client` and receives them with `receive` (given the
+/// bytes still due, returning the bytes it got); times the receiving side.
+fn pump_same_thread(
+    client: &mut Stack<MemoryLink>,
+    ch: SocketHandle,
+    total: usize,
+    mode: RecvMode,
+    mut receive: impl FnMut(usize) -> usize,
+) -> StreamResult {
+    let (mut sent, mut received, mut recv_wall) = (0usize, 0usize, 0u64);
+    let cpu0 = thread_cpu_ns();
+    let start = Instant::now();
+    let mut last_progress = start;
+    while received < total {
+        if sent < total {
+            sent += fill(client.tcp_mut(ch), total - sent);
+        }
+        client.poll();
+        let t0 = Instant::now();
+        let got = receive(total - received);
+        recv_wall += t0.elapsed().as_nanos() as u64;
+        received += got;
+        if got > 0 {
+            last_progress = Instant::now();
+        } else {
+            assert!(
+                last_progress.elapsed() < Duration::from_secs(10),
+                "stream stalled at {received}/{total} bytes ({mode})"
+            );
+        }
+    }
+    let wall_ns = start.elapsed().as_nanos() as u64;
+    // The thread runs flat out, so its CPU time is its wall time less preemption; scale
+    // the receiving side's wall time by that share.
+    let on_cpu = (thread_cpu_ns().saturating_sub(cpu0) as f64 / wall_ns.max(1) as f64).min(1.0);
+    StreamResult {
+        bytes: received as u64,
+        wall_ns,
+        recv_cpu_ns: (recv_wall as f64 * on_cpu) as u64,
     }
 }
 
