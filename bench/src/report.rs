@@ -363,9 +363,12 @@ fn interleave(
     rounds: usize,
 ) -> Vec<Vec<crate::recv::StreamResult>> {
     let mut out = vec![Vec::with_capacity(rounds); modes.len()];
-    for _ in 0..rounds.max(1) {
-        for (i, &m) in modes.iter().enumerate() {
-            out[i].push(bed.run(m, read, bytes));
+    for round in 0..rounds.max(1) {
+        // Rotate the order each round: a mode that runs right after a DMA mode finds the
+        // shared ring's cache lines on the other core, and no mode should always pay that.
+        for k in 0..modes.len() {
+            let i = (round + k) % modes.len();
+            out[i].push(bed.run(modes[i], read, bytes));
         }
     }
     out

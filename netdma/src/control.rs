@@ -11,12 +11,11 @@
 //! that finds the lock being written does not wait: it copies with the CPU (counted as
 //! `disabled`).
 
-use crate::adaptive::Adaptive;
+use crate::adaptive::AdaptivePolicy;
 use crate::config::{ConfigError, Copybreak, NetDmaConfig};
 use crate::counters::{Counters, RecvStats};
 use crate::sync::{AtomicBool, AtomicU64, RwLock};
 use dmaengine::{Cap, Client, DeviceId, Engine, EngineSnapshot};
-use parking_lot::Mutex;
 use serde::Serialize;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
@@ -78,7 +77,7 @@ pub struct NetDma {
     pub(crate) enabled: AtomicBool,
     pub(crate) dma: RwLock<DmaState>,
     pub(crate) counters: Counters,
-    pub(crate) adaptive: Mutex<Adaptive>,
+    pub(crate) adaptive: AdaptivePolicy,
     epoch: Instant,
     /// Nanoseconds since `epoch` of the last DMA-eligible read.
     last_eligible: AtomicU64,
@@ -149,7 +148,7 @@ impl NetDma {
             config: parking_lot::RwLock::new(config),
             dma: RwLock::new(DmaState { client }),
             counters: Counters::default(),
-            adaptive: Mutex::new(Adaptive::default()),
+            adaptive: AdaptivePolicy::default(),
             epoch: Instant::now(),
             last_eligible: AtomicU64::new(0),
             engine,

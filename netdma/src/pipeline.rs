@@ -188,7 +188,7 @@ impl<L: Link> Pipeline<L> {
         let mut sample_start = None;
         if params.copybreak.is_auto() {
             if let Mode::Dma(_) = mode {
-                let choice = netdma.adaptive.lock().choose(netdma.clock_ns());
+                let choice = netdma.adaptive.choose(|| netdma.clock_ns());
                 if !choice.dma {
                     mode = Mode::Cpu(Some(Fallback::Adaptive));
                 }
@@ -289,7 +289,7 @@ impl<L: Link> Pipeline<L> {
             if !p.dma_failed {
                 let spent = self.netdma.clock_ns().saturating_sub(start);
                 let dma = matches!(p.mode, Mode::Dma(_));
-                self.netdma.adaptive.lock().record(dma, p.filled, spent);
+                self.netdma.adaptive.record(dma, p.filled, spent);
             }
         }
         match p.mode {

@@ -63,6 +63,10 @@ impl NetDma {
     /// is waiting). The data is always correct: a copy DMA could not do is redone by the
     /// CPU for exactly the affected bytes, and no wait is unbounded.
     pub fn recv(&self, socket: &mut tcp::Socket<'_>, buf: &mut [u8]) -> Result<usize, RecvError> {
+        if socket.recv_queue() == 0 {
+            // Nothing waiting: no routing, no counting (end of stream and errors included).
+            return Ok(socket.recv_slice(buf)?);
+        }
         let params = *self.params.read();
         if let Route::Cpu(reason) = self.route_static(buf.len(), &params) {
             return self.recv_cpu(socket, buf, reason);
@@ -77,8 +81,8 @@ impl NetDma {
         }
         // Adaptive: decide first, so a read routed to the CPU costs one clock read and
         // one uncontended lock more than a plain CPU read, and no channel lookup.
-        let start = self.clock_ns();
-        let choice = self.adaptive.lock().choose(start);
+        let choice = self.adaptive.choose(|| self.clock_ns());
+        let start = if choice.sample { self.clock_ns() } else { 0 };
         let result = if choice.dma {
             match self.eligible_channel() {
                 Ok((_guard, channel)) => self.recv_dma(socket, buf, &channel, &params),
@@ -92,7 +96,7 @@ impl NetDma {
             // Failed DMA copies are not samples of what DMA costs.
             if *clean {
                 let spent = self.clock_ns().saturating_sub(start);
-                self.adaptive.lock().record(choice.dma, *n, spent);
+                self.adaptive.record(choice.dma, *n, spent);
             }
         }
         result.map(|(n, _)| n)
