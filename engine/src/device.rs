@@ -2,7 +2,7 @@
 
 use crate::channel::ChannelShared;
 use crate::provider::Provider;
-use crate::sync::Ordering;
+use crate::sync::{AtomicUsize, Ordering};
 use crate::{Cap, CapMask, RegisterError};
 use serde::Serialize;
 use std::fmt;
@@ -32,6 +32,8 @@ pub(crate) struct Device {
     pub(crate) holders: usize,
     /// Channels handed out by `request_channel`.
     pub(crate) private_channels: usize,
+    /// Channels with resources allocated at the provider.
+    pub(crate) allocated: AtomicUsize,
 }
 
 impl Device {
@@ -57,6 +59,12 @@ impl Device {
     /// handed out a private channel. Private devices never appear in the per-CPU table.
     pub(crate) fn is_private(&self) -> bool {
         self.caps.contains(Cap::Private) || self.private_channels > 0
+    }
+
+    /// Whether any channel may have or want resources: the device has users or still
+    /// holds resources. When false the resource pass skips it without a per-channel look.
+    pub(crate) fn may_hold_resources(&self) -> bool {
+        self.holders > 0 || self.private_channels > 0 || self.allocated.load(Ordering::Relaxed) > 0
     }
 
     /// The module pin: one reference per channel per user.

@@ -21,7 +21,7 @@ use crate::cpu;
 use crate::device::{Device, DeviceId};
 use crate::private::PrivateChannel;
 use crate::snapshot::{ChannelSnapshot, DeviceSnapshot, EngineSnapshot, EngineStats};
-use crate::sync::{Mutex, Ordering, SwapCell};
+use crate::sync::{AtomicUsize, Mutex, Ordering, SwapCell};
 use crate::table::{self, ChannelTable};
 use crate::{
     Cap, CapMask, ChannelId, CpuSetError, Provider, RegisterError, RequestError, UnregisterError,
@@ -219,6 +219,7 @@ impl Inner {
             channels,
             holders: 0,
             private_channels: 0,
+            allocated: AtomicUsize::new(0),
         });
         self.update(&mut state);
         Ok(id)
@@ -426,11 +427,18 @@ impl Inner {
         let new_table = table::distribute(&candidates, wanted, &state.online, slots);
         state.stats.rebalances += 1;
 
-        for dev in &state.devices {
+        // A device without users and without resources needs no per-channel look: with
+        // no clients, registering devices touches no channel at all.
+        let mut checks = 0;
+        for dev in state.devices.iter().filter(|d| d.may_hold_resources()) {
+            checks += dev.channels.len() as u64;
             for chan in dev.channels.iter().filter(|c| wants_resources(c)) {
                 if !chan.has_resources.load(Ordering::Relaxed) {
                     match dev.provider.alloc_chan_resources(chan.index) {
-                        Ok(()) => chan.has_resources.store(true, Ordering::Release),
+                        Ok(()) => {
+                            chan.has_resources.store(true, Ordering::Release);
+                            dev.allocated.fetch_add(1, Ordering::Relaxed);
+                        }
                         Err(e) => {
                             tracing::warn!(channel = %chan.id, error = %e, "allocating channel resources failed")
                         }
@@ -439,11 +447,12 @@ impl Inner {
             }
         }
         self.table.store(new_table);
-        for dev in &state.devices {
+        for dev in state.devices.iter().filter(|d| d.may_hold_resources()) {
             for chan in dev.channels.iter().filter(|c| !wants_resources(c)) {
                 release_resources(dev, chan);
             }
         }
+        state.stats.channel_resource_checks += checks;
     }
 }
 
@@ -459,6 +468,7 @@ fn wants_resources(chan: &ChannelShared) -> bool {
 fn release_resources(dev: &Device, chan: &ChannelShared) {
     if chan.has_resources.swap(false, Ordering::AcqRel) {
         dev.provider.free_chan_resources(chan.index);
+        dev.allocated.fetch_sub(1, Ordering::Relaxed);
     }
 }
 

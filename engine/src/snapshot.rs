@@ -80,4 +80,7 @@ pub struct EngineStats {
     pub channel_ref_updates: u64,
     /// Table rebuilds.
     pub rebalances: u64,
+    /// Channels looked at to allocate or free resources (none for devices without users
+    /// or resources).
+    pub channel_resource_checks: u64,
 }

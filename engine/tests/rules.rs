@@ -186,7 +186,18 @@ fn no_clients_means_no_per_channel_work() {
     let stats = engine.stats();
     assert_eq!(stats.mask_tests, 0);
     assert_eq!(stats.channel_ref_updates, 0);
+    assert_eq!(stats.channel_resource_checks, 0);
     assert_eq!(engine.total_references(), 0);
+
+    // A client makes the devices' 12 channels worth a look; once it is gone and their
+    // resources are freed, registering another device again touches no channel.
+    drop(engine.client(memcpy()));
+    let after_client = engine.stats().channel_resource_checks;
+    assert!(after_client > 0);
+    engine
+        .register_device(MockDevice::new("c", both(), 16))
+        .unwrap();
+    assert_eq!(engine.stats().channel_resource_checks, after_client);
 }
 
 #[test]
