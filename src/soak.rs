@@ -283,10 +283,15 @@ fn receive_loop(
                         assert_eq!(done.error, None, "the connection stays open");
                         Some((done.buf, done.len))
                     } else {
-                        // Post a fresh buffer if none is posted, then poll. Low-water 1: a
-                        // read ends once its copies are done, so the drain cannot wait
-                        // for data that will never come.
-                        let _ = pipeline.post_recv(conn.server, vec![0; read], 1);
+                        // Keep two reads posted (copies stay in flight across read
+                        // boundaries), then poll. Low-water 1: a read ends once its
+                        // copies are done, so the drain cannot wait for data that will
+                        // never come.
+                        if pipeline.posted(conn.server) < 2 {
+                            pipeline
+                                .post_recv(conn.server, vec![0; read], 1)
+                                .expect("a non-empty buffer, under MAX_POSTED");
+                        }
                         pipeline.poll();
                         None
                     }

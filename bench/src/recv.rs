@@ -127,6 +127,10 @@ impl fmt::Display for RecvMode {
     }
 }
 
+/// Reads the pipelined mode keeps posted: enough for the default `max_inflight` (8) copies
+/// of 64 KiB to stay in flight across read boundaries.
+pub const PIPELINE_DEPTH: usize = 8;
+
 /// Who drives the sending stack.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
 pub enum Pump {
@@ -258,8 +262,9 @@ impl RecvBed {
         }
     }
 
-    /// The pipelined receive: posts `read_size` buffers (complete when full) and polls;
-    /// the pump is always [`Pump::SameThread`], where the overlap happens.
+    /// The pipelined receive: keeps [`PIPELINE_DEPTH`] buffers of `read_size` posted
+    /// (each completes when full) and polls; the pump is always [`Pump::SameThread`],
+    /// where the overlap happens.
     fn run_pipelined(&mut self, read_size: usize, total: usize) -> StreamResult {
         let netdma = self
             .netdmas
@@ -271,19 +276,26 @@ impl RecvBed {
         let mut pipeline = Pipeline::new(server, netdma);
         let client = self.client.as_mut().expect("client stack present");
         let sh = self.sh;
-        let mut spare = Some(vec![0u8; read_size]);
-        let result = pump_same_thread(client, self.ch, total, RecvMode::Pipelined, |remaining| {
-            if let Some(buf) = spare.take() {
-                let want = read_size.min(remaining);
+        let mut spare: Vec<Vec<u8>> = (0..PIPELINE_DEPTH).map(|_| vec![0u8; read_size]).collect();
+        let mut claimed = 0; // bytes the posted reads will take
+        let result = pump_same_thread(client, self.ch, total, RecvMode::Pipelined, |_| {
+            while claimed < total {
+                let Some(mut buf) = spare.pop() else { break };
+                let want = read_size.min(total - claimed);
+                buf.truncate(want);
                 pipeline
                     .post_recv(sh, buf, want)
-                    .expect("one read posted at a time");
+                    .expect("a non-empty buffer, under MAX_POSTED");
+                claimed += want;
             }
             pipeline.poll();
-            pipeline.take_completed(sh).map_or(0, |done| {
-                spare = Some(done.buf);
-                done.len
-            })
+            let mut got = 0;
+            while let Some(mut done) = pipeline.take_completed(sh) {
+                got += done.len;
+                done.buf.resize(read_size, 0);
+                spare.push(done.buf);
+            }
+            got
         });
         self.server = Some(pipeline.into_stack());
         result

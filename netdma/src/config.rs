@@ -401,7 +401,8 @@ pub struct NetDmaConfig {
     /// Descriptors (copies) in flight per socket (`1..=1024`, default 8).
     pub max_inflight: usize,
     /// Share of each large copy done by the CPU at the same time (`0.0..=0.9`, default
-    /// 0.0), as Intel DTO's `cpu_size_fraction`.
+    /// 0.0), as Intel DTO's `cpu_size_fraction`: the tail of every offloaded read in
+    /// `recv`, of every chunk in the pipeline.
     pub cpu_fraction: f64,
     /// Drop the DMA references after this many milliseconds without network traffic,
     /// taking them again on the next large receive (`0..=86400000`, 0 = never, default

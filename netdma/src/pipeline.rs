@@ -7,11 +7,15 @@
 //! a copy: it retires the ones that are done, releases their ring space, submits copies of
 //! newly arrived data with one doorbell, and returns to packet processing.
 //!
+//! Reads queue per socket (up to [`MAX_POSTED`]) and fill in ring order, so the copies of
+//! the next buffer are already in flight when the current one completes; with one buffer
+//! posted at a time, every read boundary would drain the engine.
+//!
 //! # Buffer ownership while copies are in flight
 //!
 //! | memory | owner while a copy is in flight | why nobody else touches it |
 //! | --- | --- | --- |
-//! | the posted buffer (a `Vec<u8>`) | the pipeline | moved in by [`post_recv`](Pipeline::post_recv), handed back only when its copies are done; written by the CPU only through raw pointers to bytes no copy targets |
+//! | the posted buffers (`Vec<u8>`s, queued per socket) | the pipeline | moved in by [`post_recv`](Pipeline::post_recv), handed back only when their copies are done; written by the CPU only through raw pointers to bytes no copy targets |
 //! | the socket's receive-ring bytes under copy | the pipeline | unconsumed: smoltcp writes only *free* ring space, and they are released (`recv(|_| (n, ()))`) only after their copy is done |
 //! | the socket itself | the pipeline's `SocketSet` | the pipeline never hands out `&mut` to a socket or the set, so nothing can remove a socket, `listen`/`connect` it anew (which clears the ring) or drop it while its copies are in flight; [`abort`](Pipeline::abort), [`cancel`](Pipeline::cancel), [`into_stack`](Pipeline::into_stack) and `Drop` finish or cancel the copies first |
 //!
@@ -26,7 +30,7 @@
 //! readable) though not by the older Stacked Borrows, which smoltcp's ring API gives no way
 //! to avoid short of copying. This is the one place netdma relies on it.
 
-use crate::control::NetDma;
+use crate::control::{NetDma, RecvParams};
 use crate::counters::Fallback;
 use crate::link::Link;
 use crate::recv::{RecvError, Route};
@@ -38,12 +42,15 @@ use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+/// Most reads that may be posted on one socket and not yet finished.
+pub const MAX_POSTED: usize = 64;
+
 /// Why [`Pipeline::post_recv`] refused a buffer (handed back inside).
 #[derive(Debug, thiserror::Error)]
 pub enum PostError {
-    /// A read is already posted on this socket.
-    #[error("a read is already posted on this socket")]
-    AlreadyPosted(Vec<u8>),
+    /// [`MAX_POSTED`] reads are already posted on this socket.
+    #[error("{MAX_POSTED} reads are already posted on this socket")]
+    QueueFull(Vec<u8>),
     /// The buffer is empty.
     #[error("the posted buffer is empty")]
     Empty(Vec<u8>),
@@ -63,7 +70,11 @@ pub struct Completed {
 /// One copy, in ring order: a DMA transfer or bytes the CPU already copied.
 struct Chunk {
     cookie: Option<Cookie>,
+    /// Ring bytes the chunk covers.
     len: usize,
+    /// Of which DMA copies the first `dma_len` (the CPU copied the rest at submission:
+    /// the `cpu_fraction` split).
+    dma_len: usize,
     /// When it was submitted: a copy in flight longer than the wait timeout is cancelled.
     submitted_at: Instant,
 }
@@ -73,8 +84,8 @@ enum Mode {
     Cpu(Option<Fallback>),
 }
 
+/// One posted read.
 struct Posted {
-    handle: SocketHandle,
     buf: Vec<u8>,
     low_water: usize,
     /// Bytes copied and released from the ring.
@@ -83,9 +94,41 @@ struct Posted {
     inflight_bytes: usize,
     mode: Mode,
     error: Option<RecvError>,
-    /// Thread CPU time spent in the pipeline for this read (adaptive samples only).
+    /// When the read was posted (adaptive samples only).
     sample_start: Option<u64>,
     dma_failed: bool,
+}
+
+impl Posted {
+    /// Bytes of the buffer no copy has claimed yet.
+    fn unclaimed(&self) -> usize {
+        self.buf.len() - self.filled - self.inflight_bytes
+    }
+
+    fn is_complete(&self) -> bool {
+        self.inflight.is_empty()
+            && (self.filled == self.buf.len()
+                || self.filled >= self.low_water
+                || self.error.is_some())
+    }
+}
+
+/// The reads posted on one socket, oldest first. They fill in ring order: a read claims
+/// data only once every read before it has claimed its whole buffer, so the ring bytes
+/// under copy are the reads' in-flight chunks, in queue order, from the ring's front.
+struct SocketReads {
+    handle: SocketHandle,
+    reads: VecDeque<Posted>,
+}
+
+impl SocketReads {
+    fn inflight_bytes(&self) -> usize {
+        self.reads.iter().map(|p| p.inflight_bytes).sum()
+    }
+
+    fn inflight_chunks(&self) -> usize {
+        self.reads.iter().map(|p| p.inflight.len()).sum()
+    }
 }
 
 /// A [`Stack`] whose TCP reads are posted and filled by DMA while it polls.
@@ -93,8 +136,12 @@ pub struct Pipeline<L: Link> {
     /// Always `Some`, except inside `into_stack`.
     stack: Option<Stack<L>>,
     netdma: Arc<NetDma>,
-    posted: Vec<Posted>,
+    /// Sockets with reads posted (never an empty queue).
+    sockets: Vec<SocketReads>,
+    /// Finished reads not yet taken, oldest first.
     done: Vec<(SocketHandle, Completed)>,
+    /// Scratch for the reads one poll finishes (kept to reuse its allocation).
+    finished: Vec<Posted>,
 }
 
 impl<L: Link> Pipeline<L> {
@@ -103,8 +150,9 @@ impl<L: Link> Pipeline<L> {
         Pipeline {
             stack: Some(stack),
             netdma,
-            posted: Vec::new(),
+            sockets: Vec::new(),
             done: Vec::new(),
+            finished: Vec::new(),
         }
     }
 
@@ -142,7 +190,7 @@ impl<L: Link> Pipeline<L> {
         handle: SocketHandle,
         f: impl FnOnce(&mut tcp::Socket<'static>) -> R,
     ) -> Option<R> {
-        if self.posted.iter().any(|p| p.handle == handle) {
+        if self.posted(handle) > 0 {
             return None;
         }
         Some(f(self.stack_mut().tcp_mut(handle)))
@@ -159,9 +207,20 @@ impl<L: Link> Pipeline<L> {
         self.stack_mut().tcp_mut(handle).state()
     }
 
-    /// Posts `buf` to be filled from `handle`. The read completes when `buf` is full, or
-    /// once at least `low_water` bytes are in and no copy is in flight (`low_water` is
-    /// clamped to `1..=buf.len()`), or when the connection ends.
+    /// Reads posted on `handle` and not yet finished.
+    pub fn posted(&self, handle: SocketHandle) -> usize {
+        self.sockets
+            .iter()
+            .find(|s| s.handle == handle)
+            .map_or(0, |s| s.reads.len())
+    }
+
+    /// Posts `buf` to be filled from `handle`, after the reads already posted there (up
+    /// to [`MAX_POSTED`]); several posted reads keep copies in flight across read
+    /// boundaries. The read completes when `buf` is full, or once at least `low_water`
+    /// bytes are in and no copy is in flight (`low_water` is clamped to `1..=buf.len()`),
+    /// or when the connection ends. A read takes data only once the reads before it have
+    /// claimed their whole buffers, so a low-water completion only ever ends the oldest.
     pub fn post_recv(
         &mut self,
         handle: SocketHandle,
@@ -171,10 +230,8 @@ impl<L: Link> Pipeline<L> {
         if buf.is_empty() {
             return Err(PostError::Empty(buf));
         }
-        if self.posted.iter().any(|p| p.handle == handle)
-            || self.done.iter().any(|(h, _)| *h == handle)
-        {
-            return Err(PostError::AlreadyPosted(buf));
+        if self.posted(handle) >= MAX_POSTED {
+            return Err(PostError::QueueFull(buf));
         }
         let netdma = &*self.netdma;
         let params = *netdma.params.read();
@@ -198,8 +255,7 @@ impl<L: Link> Pipeline<L> {
             }
         }
         let low_water = low_water.clamp(1, buf.len());
-        self.posted.push(Posted {
-            handle,
+        let read = Posted {
             buf,
             low_water,
             filled: 0,
@@ -209,14 +265,21 @@ impl<L: Link> Pipeline<L> {
             error: None,
             sample_start,
             dma_failed: false,
-        });
+        };
+        match self.sockets.iter_mut().find(|s| s.handle == handle) {
+            Some(socket) => socket.reads.push_back(read),
+            None => self.sockets.push(SocketReads {
+                handle,
+                reads: VecDeque::from([read]),
+            }),
+        }
         Ok(())
     }
 
-    /// Takes the finished read of `handle`, if it is finished.
+    /// Takes the oldest finished read of `handle`, if there is one.
     pub fn take_completed(&mut self, handle: SocketHandle) -> Option<Completed> {
         let pos = self.done.iter().position(|(h, _)| *h == handle)?;
-        Some(self.done.swap_remove(pos).1)
+        Some(self.done.remove(pos).1)
     }
 
     /// Polls the stack, then advances every posted read without waiting: retires done
@@ -224,83 +287,93 @@ impl<L: Link> Pipeline<L> {
     /// anything happened.
     pub fn poll(&mut self) -> bool {
         let mut progress = self.stack_mut().poll();
+        let mut finished = std::mem::take(&mut self.finished);
+        let stack = self.stack.as_mut().expect("stack present until into_stack");
         let mut i = 0;
-        while i < self.posted.len() {
-            let handle = self.posted[i].handle;
-            let stack = self.stack.as_mut().expect("stack present until into_stack");
-            let socket = stack.tcp_mut(handle);
-            progress |= advance(&self.netdma, socket, &mut self.posted[i], false);
-            if is_complete(&self.posted[i]) {
-                let p = self.posted.swap_remove(i);
-                self.finish(p);
+        while i < self.sockets.len() {
+            let reads = &mut self.sockets[i];
+            let handle = reads.handle;
+            let before = finished.len();
+            progress |= advance(
+                &self.netdma,
+                stack.tcp_mut(handle),
+                reads,
+                false,
+                &mut finished,
+            );
+            let empty = reads.reads.is_empty();
+            for p in finished.drain(before..) {
+                let completed = complete(&self.netdma, p);
+                self.done.push((handle, completed));
+            }
+            if empty {
+                self.sockets.swap_remove(i);
             } else {
                 i += 1;
             }
         }
+        self.finished = finished;
         progress
     }
 
     /// Sleeps on the link until there may be work, at most `max` (the idle loop). Does not
     /// sleep while copies are in flight: they are polled for.
     pub fn poll_wait(&mut self, max: Option<Duration>) -> std::io::Result<()> {
-        if self.posted.iter().any(|p| !p.inflight.is_empty()) {
+        if self.sockets.iter().any(|s| s.inflight_chunks() > 0) {
             return Ok(());
         }
         self.netdma.maintain(Instant::now());
         self.stack_mut().poll_wait(max)
     }
 
-    /// Cancels the read posted on `handle` (finishing or cancelling its copies) and
-    /// aborts the connection; returns the read as it stood.
-    pub fn abort(&mut self, handle: SocketHandle) -> Option<Completed> {
-        let completed = self.cancel(handle);
+    /// Cancels the reads posted on `handle` (see [`cancel`](Self::cancel)) and aborts
+    /// the connection; returns every read of `handle` not yet taken, oldest first.
+    pub fn abort(&mut self, handle: SocketHandle) -> Vec<Completed> {
+        let mut reads = Vec::new();
+        while let Some(done) = self.take_completed(handle) {
+            reads.push(done);
+        }
+        reads.extend(self.cancel(handle));
         self.stack_mut().tcp_mut(handle).abort();
-        completed.or_else(|| self.take_completed(handle))
+        reads
     }
 
-    /// Ends the read posted on `handle` now: waits for (or at the timeout cancels) its
-    /// copies, releases their ring space, and returns what it holds.
-    pub fn cancel(&mut self, handle: SocketHandle) -> Option<Completed> {
-        let pos = self.posted.iter().position(|p| p.handle == handle)?;
-        let mut p = self.posted.swap_remove(pos);
+    /// Ends the reads posted on `handle` now: waits for (or at the timeout cancels) their
+    /// copies, releases their ring space, and returns them as they stand, oldest first.
+    pub fn cancel(&mut self, handle: SocketHandle) -> Vec<Completed> {
+        let Some(pos) = self.sockets.iter().position(|s| s.handle == handle) else {
+            return Vec::new();
+        };
+        let mut reads = self.sockets.swap_remove(pos);
+        let mut finished = Vec::new();
         let stack = self.stack.as_mut().expect("stack present until into_stack");
-        advance(&self.netdma, stack.tcp_mut(handle), &mut p, true);
-        Some(self.complete(p))
+        advance(
+            &self.netdma,
+            stack.tcp_mut(handle),
+            &mut reads,
+            true,
+            &mut finished,
+        );
+        finished
+            .into_iter()
+            .map(|p| complete(&self.netdma, p))
+            .collect()
     }
 
     fn drain(&mut self) {
         let Some(stack) = self.stack.as_mut() else {
             return; // into_stack already drained
         };
-        while let Some(mut p) = self.posted.pop() {
-            advance(&self.netdma, stack.tcp_mut(p.handle), &mut p, true);
-        }
-    }
-
-    fn finish(&mut self, p: Posted) {
-        let handle = p.handle;
-        let completed = self.complete(p);
-        self.done.push((handle, completed));
-    }
-
-    fn complete(&self, p: Posted) -> Completed {
-        debug_assert!(p.inflight.is_empty());
-        if let Some(start) = p.sample_start {
-            if !p.dma_failed {
-                let spent = self.netdma.clock_ns().saturating_sub(start);
-                let dma = matches!(p.mode, Mode::Dma(_));
-                self.netdma.adaptive.record(dma, p.filled, spent);
-            }
-        }
-        match p.mode {
-            Mode::Dma(_) if p.filled > 0 => self.netdma.counters.dma_read(),
-            _ if p.filled > 0 => self.netdma.counters.cpu_read(),
-            _ => {}
-        }
-        Completed {
-            buf: p.buf,
-            len: p.filled,
-            error: p.error,
+        let mut finished = Vec::new();
+        while let Some(mut reads) = self.sockets.pop() {
+            advance(
+                &self.netdma,
+                stack.tcp_mut(reads.handle),
+                &mut reads,
+                true,
+                &mut finished,
+            );
+            finished.clear();
         }
     }
 }
@@ -313,106 +386,166 @@ impl<L: Link> Drop for Pipeline<L> {
     }
 }
 
-fn is_complete(p: &Posted) -> bool {
-    p.inflight.is_empty()
-        && (p.filled == p.buf.len() || p.filled >= p.low_water || p.error.is_some())
+/// Hands a finished read back: counts it, and feeds the adaptive policy its sample.
+fn complete(netdma: &NetDma, p: Posted) -> Completed {
+    debug_assert!(p.inflight.is_empty());
+    if let Some(start) = p.sample_start {
+        if !p.dma_failed {
+            let spent = netdma.clock_ns().saturating_sub(start);
+            let dma = matches!(p.mode, Mode::Dma(_));
+            netdma.adaptive.record(dma, p.filled, spent);
+        }
+    }
+    match p.mode {
+        Mode::Dma(_) if p.filled > 0 => netdma.counters.dma_read(),
+        _ if p.filled > 0 => netdma.counters.cpu_read(),
+        _ => {}
+    }
+    Completed {
+        buf: p.buf,
+        len: p.filled,
+        error: p.error,
+    }
 }
 
-/// Advances one posted read; with `finish`, waits for every copy in flight and submits
-/// nothing new. Returns whether anything happened.
+/// Advances the reads posted on one socket: retires done copies in ring order, moves
+/// finished reads to `finished`, and submits copies of newly arrived data. With
+/// `finish`, waits for every copy in flight, submits nothing, and moves every read to
+/// `finished`. Returns whether anything happened.
 fn advance(
     netdma: &NetDma,
     socket: &mut tcp::Socket<'static>,
-    p: &mut Posted,
+    reads: &mut SocketReads,
     finish: bool,
+    finished: &mut Vec<Posted>,
 ) -> bool {
     let params = *netdma.params.read();
-    let mut progress = retire(netdma, socket, p, finish, params.timeout);
-    if finish || p.error.is_some() {
+    let mut progress = retire(netdma, socket, reads, finish, params.timeout, finished);
+    if finish {
+        finished.extend(reads.reads.drain(..));
         return progress;
     }
-    let remaining = p.buf.len() - p.filled - p.inflight_bytes;
-    if remaining == 0 {
-        return progress;
+    // Fill the reads in order, each from where the copies of the ones before it end.
+    let mut chunks = reads.inflight_chunks();
+    let mut ahead = 0; // ring bytes claimed by the reads before this one
+    for p in reads.reads.iter_mut() {
+        if p.unclaimed() > 0 {
+            progress |= fill(netdma, socket, p, ahead, &mut chunks, &params);
+            if p.unclaimed() > 0 || p.error.is_some() {
+                break; // the next read starts where this one ends, which is not known yet
+            }
+        }
+        ahead += p.inflight_bytes;
+    }
+    // A read the CPU filled, or one that found the connection ended, is finished now.
+    while reads.reads.front().is_some_and(Posted::is_complete) {
+        finished.extend(reads.reads.pop_front());
+    }
+    progress
+}
+
+/// Claims newly arrived data for `p`, whose bytes start `ahead` bytes into the ring:
+/// submits DMA copies (one doorbell for the batch), or copies with the CPU when the read
+/// is routed there and nothing before it is in flight. `chunks` counts the socket's
+/// copies in flight.
+fn fill(
+    netdma: &NetDma,
+    socket: &mut tcp::Socket<'static>,
+    p: &mut Posted,
+    ahead: usize,
+    chunks: &mut usize,
+    params: &RecvParams,
+) -> bool {
+    if p.error.is_some() {
+        return false;
     }
     if matches!(p.mode, Mode::Dma(_)) && !netdma.is_enabled() {
         // Disabled meanwhile: no new copies; once the last one retires, the CPU goes on.
-        if !p.inflight.is_empty() {
-            return progress;
+        if *chunks > 0 {
+            return false;
         }
         p.mode = Mode::Cpu(Some(Fallback::Disabled));
     }
     let channel = match &p.mode {
         Mode::Cpu(reason) => {
-            if p.inflight.is_empty() {
-                // Only the CPU copies this read: straight from the ring, nothing held.
-                let end = p.buf.len();
-                match socket.recv_slice(&mut p.buf[p.filled..end]) {
-                    Ok(n) if n > 0 => {
-                        netdma.counters.cpu(n);
-                        if let Some(reason) = reason {
-                            netdma.counters.fallback(*reason, n);
-                        }
-                        p.filled += n;
-                        progress = true;
-                    }
-                    Ok(_) => {}
-                    Err(e) => p.error = Some(e.into()),
-                }
+            if *chunks > 0 {
+                return false; // bytes before this read's are still under copy
             }
-            return progress;
+            // Only the CPU copies now: straight from the ring, nothing held.
+            let end = p.buf.len();
+            return match socket.recv_slice(&mut p.buf[p.filled..end]) {
+                Ok(n) if n > 0 => {
+                    netdma.counters.cpu(n);
+                    if let Some(reason) = reason {
+                        netdma.counters.fallback(*reason, n);
+                    }
+                    p.filled += n;
+                    true
+                }
+                Ok(_) => false,
+                Err(e) => {
+                    p.error = Some(e.into());
+                    true
+                }
+            };
         }
         Mode::Dma(channel) => channel.clone(),
     };
-    if p.inflight.len() >= params.max_inflight {
-        return progress;
+    if *chunks >= params.max_inflight {
+        return false;
     }
+    let remaining = p.unclaimed();
+    let start = ahead + p.inflight_bytes; // where this read's unclaimed bytes begin
     let queued = socket.recv_queue();
-    let region = match socket.peek(p.inflight_bytes + remaining) {
+    let region = match socket.peek(start + remaining) {
         Ok(region) => region,
         Err(e) => {
-            if p.inflight.is_empty() {
+            // Only an empty ring errs (an end of stream or a closed socket), so nothing is
+            // in flight: this is the oldest read, and the connection ended under it.
+            if *chunks == 0 {
                 p.error = Some(e.into());
+                return true;
             }
-            return progress;
+            return false;
         }
     };
-    let Some(new) = region
-        .len()
-        .checked_sub(p.inflight_bytes)
-        .filter(|&n| n > 0)
-    else {
-        return progress;
+    let Some(new) = region.len().checked_sub(start).filter(|&n| n > 0) else {
+        return false;
     };
     let wrapped = queued > region.len();
     // Batch: wait for a full chunk while copies are in flight, unless the data stops at
     // the ring's end or fills the buffer.
-    if new < params.chunk_size && !p.inflight.is_empty() && !wrapped && new < remaining {
-        return progress;
+    if new < params.chunk_size && *chunks > 0 && !wrapped && new < remaining {
+        return false;
     }
     let src_base = region.as_ptr();
     let now = Instant::now();
-    let mut offset = p.inflight_bytes; // into the region
-    let end = p.inflight_bytes + new;
+    let first_new = p.inflight.len();
+    let mut offset = 0; // into the new bytes
     let mut submitted = false;
-    while offset < end && p.inflight.len() < params.max_inflight {
-        let len = (end - offset).min(params.chunk_size);
-        let dst_off = p.filled + offset;
-        // SAFETY: `src` lies inside `region` (offset + len <= region.len()), bytes that
-        // stay unconsumed in the ring until this chunk is retired, and the pipeline
-        // keeps the socket from being cleared or dropped meanwhile (module docs). `dst`
-        // lies inside the posted Vec (dst_off + len <= buf.len(), since new <= remaining),
-        // which the pipeline owns until the chunk is done and writes nowhere else a copy
-        // targets; Vec's heap pointer is stable. Ring and Vec are distinct allocations,
-        // so the ranges do not overlap.
+    while offset < new && *chunks < params.max_inflight {
+        let len = (new - offset).min(params.chunk_size);
+        // The `cpu_fraction` split: the CPU copies the chunk's tail once the doorbell
+        // has rung, while the engine copies the head.
+        let cpu_len = ((len as f64 * params.cpu_fraction) as usize).min(len);
+        let dma_len = len - cpu_len;
+        let src_off = start + offset;
+        let dst_off = p.filled + p.inflight_bytes;
+        // SAFETY: `src` lies inside `region` (src_off + dma_len <= start + new ==
+        // region.len()), bytes that stay unconsumed in the ring until this chunk is
+        // retired, and the pipeline keeps the socket from being cleared or dropped
+        // meanwhile (module docs). `dst` lies inside the posted Vec (dst_off + len <=
+        // buf.len(), since new <= remaining), which the pipeline owns until the chunk is
+        // done and writes nowhere else a copy targets; Vec's heap pointer is stable. Ring
+        // and Vec are distinct allocations, so the ranges do not overlap.
         let result = unsafe {
-            let src = src_base.add(offset);
+            let src = src_base.add(src_off);
             let dst = p.buf.as_mut_ptr().add(dst_off);
-            channel.memcpy_raw(dst, src, len)
+            channel.memcpy_raw(dst, src, dma_len)
         };
         let cookie = match result {
             Ok(cookie) => {
-                netdma.counters.in_flight_add(len);
+                netdma.counters.in_flight_add(dma_len);
                 submitted = true;
                 Some(cookie)
             }
@@ -428,13 +561,13 @@ fn advance(
                 // other parts of it.
                 unsafe {
                     std::ptr::copy_nonoverlapping(
-                        src_base.add(offset),
+                        src_base.add(src_off),
                         p.buf.as_mut_ptr().add(dst_off),
-                        len,
+                        dma_len,
                     );
                 }
-                netdma.counters.cpu(len);
-                netdma.counters.fallback(reason, len);
+                netdma.counters.cpu(dma_len);
+                netdma.counters.fallback(reason, dma_len);
                 p.dma_failed = true;
                 None
             }
@@ -442,20 +575,85 @@ fn advance(
         p.inflight.push_back(Chunk {
             cookie,
             len,
+            dma_len,
             submitted_at: now,
         });
         p.inflight_bytes += len;
+        *chunks += 1;
         offset += len;
-        progress = true;
     }
     if submitted {
         channel.issue_pending(); // one doorbell for the batch
     }
+    // The CPU's share of each new chunk, while the engine copies the rest.
+    let mut src_off = start;
+    let mut dst_off = p.filled + p.inflight_bytes - offset;
+    for chunk in p.inflight.range(first_new..) {
+        let cpu_len = chunk.len - chunk.dma_len;
+        if cpu_len > 0 {
+            // SAFETY: the chunk's tail, past the bytes its DMA copy reads and writes:
+            // inside `region` and the posted Vec as argued above, written through a raw
+            // pointer as in the fallback above.
+            unsafe {
+                std::ptr::copy_nonoverlapping(
+                    src_base.add(src_off + chunk.dma_len),
+                    p.buf.as_mut_ptr().add(dst_off + chunk.dma_len),
+                    cpu_len,
+                );
+            }
+            netdma.counters.cpu(cpu_len);
+        }
+        src_off += chunk.len;
+        dst_off += chunk.len;
+    }
+    true
+}
+
+/// Retires the socket's copies in ring order and moves the oldest reads to `finished` as
+/// they complete; with `finish`, waits for every copy.
+fn retire(
+    netdma: &NetDma,
+    socket: &mut tcp::Socket<'static>,
+    reads: &mut SocketReads,
+    finish: bool,
+    timeout: Duration,
+    finished: &mut Vec<Posted>,
+) -> bool {
+    if socket.recv_queue() < reads.inflight_bytes() {
+        // The connection was reset: smoltcp cleared the ring's indices (not its bytes).
+        // Finish the copies so the memory is free, deliver only what was released.
+        for p in reads.reads.iter_mut() {
+            if let Mode::Dma(channel) = &p.mode {
+                for chunk in p.inflight.drain(..) {
+                    if let Some(cookie) = chunk.cookie {
+                        if channel.wait(cookie, timeout).is_err() {
+                            channel.terminate_all();
+                        }
+                        netdma.counters.in_flight_sub(chunk.dma_len);
+                    }
+                }
+            }
+            p.inflight.clear();
+            p.inflight_bytes = 0;
+            p.error = Some(RecvError::InvalidState);
+        }
+        finished.extend(reads.reads.drain(..));
+        return true;
+    }
+    let mut progress = false;
+    while let Some(p) = reads.reads.front_mut() {
+        progress |= retire_read(netdma, socket, p, finish, timeout);
+        if !p.inflight.is_empty() || !(finish || p.is_complete()) {
+            break;
+        }
+        finished.extend(reads.reads.pop_front());
+        progress = true;
+    }
     progress
 }
 
-/// Retires copies at the front in ring order; with `finish`, waits for all of them.
-fn retire(
+/// Retires the copies of the oldest read, whose first chunk is at the ring's front.
+fn retire_read(
     netdma: &NetDma,
     socket: &mut tcp::Socket<'static>,
     p: &mut Posted,
@@ -466,24 +664,9 @@ fn retire(
         return false;
     };
     let channel = channel.clone();
-    if socket.recv_queue() < p.inflight_bytes {
-        // The connection was reset: smoltcp cleared the ring's indices (not its bytes).
-        // Finish the copies so the memory is free, deliver only what was released.
-        for chunk in p.inflight.drain(..) {
-            if let Some(cookie) = chunk.cookie {
-                if channel.wait(cookie, timeout).is_err() {
-                    channel.terminate_all();
-                }
-                netdma.counters.in_flight_sub(chunk.len);
-            }
-        }
-        p.inflight_bytes = 0;
-        p.error = Some(RecvError::InvalidState);
-        return true;
-    }
     let mut progress = false;
     while let Some(front) = p.inflight.front() {
-        let len = front.len;
+        let (len, dma_len) = (front.len, front.dma_len);
         let mut timed_out = false;
         let status = match front.cookie {
             None => TxStatus::Complete,
@@ -516,13 +699,14 @@ fn retire(
             break;
         }
         if front.cookie.is_some() {
-            netdma.counters.in_flight_sub(len);
+            netdma.counters.in_flight_sub(dma_len);
             if status == TxStatus::Complete {
-                netdma.counters.dma(len);
+                netdma.counters.dma(dma_len);
             } else {
-                // Redo exactly this chunk from the ring, still unconsumed at its front.
-                let region = match socket.peek(len) {
-                    Ok(region) if region.len() == len => region,
+                // Redo exactly this chunk's DMA part from the ring, still unconsumed at
+                // its front.
+                let region = match socket.peek(dma_len) {
+                    Ok(region) if region.len() == dma_len => region,
                     _ => {
                         // The ring no longer offers these bytes (the connection is
                         // gone); the chunk's copy is done, so its memory is free.
@@ -545,11 +729,11 @@ fn retire(
                     std::ptr::copy_nonoverlapping(
                         region.as_ptr(),
                         p.buf.as_mut_ptr().add(p.filled),
-                        len,
+                        dma_len,
                     );
                 }
-                netdma.counters.cpu(len);
-                netdma.counters.fallback(reason, len);
+                netdma.counters.cpu(dma_len);
+                netdma.counters.fallback(reason, dma_len);
                 p.dma_failed = true;
             }
         }

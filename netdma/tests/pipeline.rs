@@ -8,7 +8,7 @@ use dmaengine::{Engine, FaultInjector, FaultPlan, SoftwareDevice};
 use netdma::config::{Copybreak, NetDmaConfig};
 use netdma::link::MemoryLink;
 use netdma::pair::StackPair;
-use netdma::pipeline::Pipeline;
+use netdma::pipeline::{Pipeline, PostError, MAX_POSTED};
 use netdma::stack::Stack;
 use netdma::{NetDma, RecvError};
 use smoltcp::iface::SocketHandle;
@@ -35,12 +35,13 @@ fn bed(netdma: Arc<NetDma>) -> Bed {
     }
 }
 
-/// Streams `data` through the pipeline with posted buffers of `post` bytes.
+/// Streams `data` through the pipeline with posted buffers of `post` bytes, keeping
+/// `depth` of them posted; checks that every read comes back full, in order.
 #[track_caller]
-fn pump(bed: &mut Bed, data: &[u8], post: usize) -> Vec<u8> {
+fn pump(bed: &mut Bed, data: &[u8], post: usize, depth: usize) -> Vec<u8> {
     let mut sent = 0;
     let mut got = Vec::with_capacity(data.len());
-    let mut posted = false;
+    let mut claimed = 0; // bytes the posted reads will take
     let mut idle = 0u64;
     while got.len() < data.len() {
         let mut progress = false;
@@ -50,18 +51,22 @@ fn pump(bed: &mut Bed, data: &[u8], post: usize) -> Vec<u8> {
             progress = true;
         }
         bed.client.poll();
-        if !posted {
-            let want = post.min(data.len() - got.len());
+        while bed.pipeline.posted(bed.server_h) < depth && claimed < data.len() {
+            let want = post.min(data.len() - claimed);
             bed.pipeline
                 .post_recv(bed.server_h, vec![0; want], want)
                 .unwrap();
-            posted = true;
+            claimed += want;
         }
         progress |= bed.pipeline.poll();
-        if let Some(done) = bed.pipeline.take_completed(bed.server_h) {
+        while let Some(done) = bed.pipeline.take_completed(bed.server_h) {
             assert_eq!(done.error, None);
+            assert_eq!(
+                done.len,
+                done.buf.len(),
+                "a read completed before it was full"
+            );
             got.extend_from_slice(&done.buf[..done.len]);
-            posted = false;
             progress = true;
         }
         idle = if progress { 0 } else { idle + 1 };
@@ -82,7 +87,7 @@ fn pipelined_64mib_is_exact_and_offloaded() {
     let netdma = Arc::new(NetDma::from_config(config(Copybreak::Bytes(4096))).unwrap());
     let mut bed = bed(netdma.clone());
     let data = pattern(64 * MIB, 21);
-    let got = pump(&mut bed, &data, MIB);
+    let got = pump(&mut bed, &data, MIB, 1);
     assert_same(&got, &data);
     let s = netdma.stats();
     assert_eq!(s.total_bytes(), data.len() as u64);
@@ -91,11 +96,52 @@ fn pipelined_64mib_is_exact_and_offloaded() {
 }
 
 #[test]
+fn queued_reads_fill_in_order_and_keep_copies_in_flight_across_them() {
+    let netdma = Arc::new(NetDma::from_config(config(Copybreak::Bytes(4096))).unwrap());
+    let mut bed = bed(netdma.clone());
+    let data = pattern(64 * MIB, 26);
+    // 64 KiB reads, 8 posted: one chunk each, so every copy beyond the first is in flight
+    // across a read boundary.
+    let got = pump(&mut bed, &data, 64 * 1024, 8);
+    assert_same(&got, &data);
+    let s = netdma.stats();
+    assert_eq!(s.dma_bytes, data.len() as u64, "stats {s:?}");
+    assert_eq!(s.bytes_in_flight, 0);
+    assert_eq!(s.dma_reads, (data.len() / (64 * 1024)) as u64);
+}
+
+#[test]
+fn cpu_fraction_splits_every_pipelined_copy() {
+    let mut cfg = config(Copybreak::Bytes(4096));
+    cfg.cpu_fraction = 0.25;
+    let netdma = Arc::new(NetDma::from_config(cfg).unwrap());
+    let mut bed = bed(netdma.clone());
+    let data = pattern(16 * MIB, 28);
+    let got = pump(&mut bed, &data, 256 * 1024, 4);
+    assert_same(&got, &data);
+    let s = netdma.stats();
+    assert_eq!(s.total_bytes(), data.len() as u64);
+    // The CPU copies a quarter of every chunk, rounded down: a quarter of the stream, less
+    // under a byte per chunk.
+    let share = s.cpu_bytes as f64 / data.len() as f64;
+    assert!(
+        (0.24..=0.25).contains(&share),
+        "CPU share {share}, stats {s:?}"
+    );
+    assert_eq!(
+        s.fallback_bytes,
+        netdma::counters::FallbackCounts::default(),
+        "the split is no fallback"
+    );
+    assert_eq!(s.bytes_in_flight, 0);
+}
+
+#[test]
 fn posted_buffers_below_copybreak_use_the_cpu() {
     let netdma = Arc::new(NetDma::from_config(config(Copybreak::Bytes(MIB))).unwrap());
     let mut bed = bed(netdma.clone());
     let data = pattern(4 * MIB, 22);
-    let got = pump(&mut bed, &data, 65536);
+    let got = pump(&mut bed, &data, 65536, 1);
     assert_same(&got, &data);
     let s = netdma.stats();
     assert_eq!(s.dma_bytes, 0);
@@ -113,10 +159,13 @@ fn failing_every_third_transfer_is_redone_by_the_cpu() {
     );
     let engine = Engine::new();
     engine.register_device(device.clone()).unwrap();
-    let netdma = Arc::new(NetDma::new(engine, config(Copybreak::Bytes(4096))).unwrap());
+    // With the CPU share of the split in the mix: only the engine's part is redone.
+    let mut cfg = config(Copybreak::Bytes(4096));
+    cfg.cpu_fraction = 0.25;
+    let netdma = Arc::new(NetDma::new(engine, cfg).unwrap());
     let mut bed = bed(netdma.clone());
     let data = pattern(16 * MIB, 23);
-    let got = pump(&mut bed, &data, MIB);
+    let got = pump(&mut bed, &data, 64 * 1024, 8);
     assert_same(&got, &data);
     let s = netdma.stats();
     assert!(device.faults_injected() > 0);
@@ -143,7 +192,7 @@ fn toggling_offload_while_copies_are_in_flight_loses_nothing() {
             }
         })
     };
-    let got = pump(&mut bed, &data, MIB);
+    let got = pump(&mut bed, &data, 256 * 1024, 4);
     stop.store(true, Ordering::Relaxed);
     toggler.join().unwrap();
     assert_same(&got, &data);
@@ -191,7 +240,9 @@ fn stalled_bed_with_copies_in_flight() -> (Bed, Arc<NetDma>, Vec<u8>) {
 #[test]
 fn aborting_a_socket_with_copies_in_flight_cancels_them_first() {
     let (mut bed, netdma, data) = stalled_bed_with_copies_in_flight();
-    let read = bed.pipeline.abort(bed.server_h).expect("a read was posted");
+    let reads = bed.pipeline.abort(bed.server_h);
+    assert_eq!(reads.len(), 1);
+    let read = &reads[0];
     assert_same(&read.buf[..read.len], &data[..read.len]);
     assert_eq!(netdma.stats().bytes_in_flight, 0);
     assert!(bed
@@ -244,8 +295,79 @@ fn a_socket_with_a_posted_read_is_not_handed_out() {
         .pipeline
         .with_socket(bed.server_h, |s| s.abort())
         .is_none());
+    // Up to MAX_POSTED reads queue up; the next is handed back.
+    for _ in 1..MAX_POSTED {
+        bed.pipeline
+            .post_recv(bed.server_h, vec![0; 4096], 4096)
+            .unwrap();
+    }
+    assert_eq!(bed.pipeline.posted(bed.server_h), MAX_POSTED);
     assert!(matches!(
         bed.pipeline.post_recv(bed.server_h, vec![0; 10], 10),
-        Err(netdma::pipeline::PostError::AlreadyPosted(b)) if b.len() == 10
+        Err(PostError::QueueFull(b)) if b.len() == 10
     ));
+    assert!(matches!(
+        bed.pipeline.post_recv(bed.server_h, Vec::new(), 10),
+        Err(PostError::Empty(b)) if b.is_empty()
+    ));
+    // Cancelling hands every read back, oldest first, and frees the socket.
+    let reads = bed.pipeline.cancel(bed.server_h);
+    assert_eq!(reads.len(), MAX_POSTED);
+    assert!(reads.iter().all(|r| r.len == 0 && r.error.is_none()));
+    assert_eq!(bed.pipeline.posted(bed.server_h), 0);
+    assert_eq!(
+        bed.pipeline.with_socket(bed.server_h, |s| s.is_open()),
+        Some(true)
+    );
+}
+
+#[test]
+fn aborting_with_queued_reads_in_flight_returns_them_in_order() {
+    let device = FaultInjector::new(
+        SoftwareDevice::builder().channels(1).build(),
+        FaultPlan::default(),
+    );
+    let engine = Engine::new();
+    engine.register_device(device.clone()).unwrap();
+    let netdma = Arc::new(NetDma::new(engine, config(Copybreak::Bytes(4096))).unwrap());
+    let mut bed = bed(netdma.clone());
+    let data = pattern(512 * 1024, 27);
+    bed.client.tcp_mut(bed.client_h).send_slice(&data).unwrap();
+    // The first read completes before the stall; the rest stay in flight behind it.
+    bed.pipeline
+        .post_recv(bed.server_h, vec![0; 64 * 1024], 64 * 1024)
+        .unwrap();
+    let mut first = None;
+    for _ in 0..100_000 {
+        bed.client.poll();
+        bed.pipeline.poll();
+        if bed.pipeline.posted(bed.server_h) == 0 {
+            first = Some(());
+            break;
+        }
+    }
+    assert!(first.is_some(), "the first read did not complete");
+    device.stall(0);
+    for _ in 0..4 {
+        bed.pipeline
+            .post_recv(bed.server_h, vec![0; 64 * 1024], 64 * 1024)
+            .unwrap();
+    }
+    for _ in 0..200 {
+        bed.client.poll();
+        bed.pipeline.poll();
+    }
+    // All four reads have their copy in flight at once, behind the stall.
+    assert_eq!(netdma.stats().bytes_in_flight, 4 * 64 * 1024);
+    device.unstall(0);
+    let reads = bed.pipeline.abort(bed.server_h);
+    assert_eq!(reads.len(), 5, "the finished read, then the four posted");
+    let mut got = Vec::new();
+    for r in &reads {
+        assert_eq!(r.error, None);
+        got.extend_from_slice(&r.buf[..r.len]);
+    }
+    assert!(got.len() >= 64 * 1024);
+    assert_same(&got, &data[..got.len()]);
+    assert_eq!(netdma.stats().bytes_in_flight, 0);
 }

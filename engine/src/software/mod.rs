@@ -91,8 +91,10 @@ impl SoftwareDeviceBuilder {
         self
     }
 
-    /// Pins channel `i`'s worker to the `i`-th CPU of the process's affinity set, round
-    /// robin (default off).
+    /// Pins channel `i`'s worker to the `(i + 1)`-th CPU of the process's affinity set,
+    /// round robin (default off). The per-CPU channel table gives the `i`-th CPU the
+    /// `i`-th channel, so the shift puts every CPU's copies on another core: an offload
+    /// that shared its submitter's core would only take turns with it.
     pub fn pin_workers(mut self, pin: bool) -> Self {
         self.pin_workers = pin;
         self
@@ -386,7 +388,8 @@ unsafe impl Provider for SoftwareDevice {
         let pin = self
             .pin_cpus
             .as_ref()
-            .map(|cpus| cpus[c.index % cpus.len()]);
+            // One CPU over from the CPU the table gives this channel (`pin_workers`).
+            .map(|cpus| cpus[(c.index + 1) % cpus.len()]);
         let worker = Worker {
             ring: ring.clone(),
             shared: c.shared.clone(),
