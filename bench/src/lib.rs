@@ -16,6 +16,7 @@
 
 pub mod copy;
 pub mod engine_ops;
+pub mod handoff;
 pub mod recv;
 pub mod report;
 pub mod rtt;

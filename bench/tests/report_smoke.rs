@@ -15,6 +15,8 @@ const KEYS: &[&str] = &[
     "submit_ns_per_desc_unbatched",
     "completion_p50_ns",
     "completion_p99_ns",
+    "handoff_write_ratio",
+    "handoff_thread_ratio",
 ];
 
 #[test]
@@ -45,6 +47,10 @@ fn tiny_report_has_every_key_and_renders() {
     let md = report.to_markdown("bench/throughput.svg");
     assert!(
         md.contains("## Machine") && md.contains("cross_core_rtt") || md.contains("round trip")
+    );
+    assert!(
+        md.contains("## Ring hand-off"),
+        "BENCHMARKS.md misses the hand-off"
     );
     for key in [
         "recv_dma_throughput_ratio",
