@@ -57,17 +57,22 @@ pub enum RecvMode {
     /// copies in flight across polls (NET_DMA's early copy); copybreak 0.
     #[serde(rename = "netdma-pipelined")]
     Pipelined,
+    /// The pipelined receive with `tcp_dma_copybreak = "auto"`: each posted read goes to
+    /// DMA or the CPU as the adaptive policy decides.
+    #[serde(rename = "netdma-pipelined-auto")]
+    PipelinedAuto,
 }
 
 impl RecvMode {
     /// Every mode, in the order the report runs them.
-    pub const ALL: [RecvMode; 7] = [
+    pub const ALL: [RecvMode; 8] = [
         RecvMode::Plain,
         RecvMode::NetDmaCpu,
         RecvMode::NetDmaDma,
         RecvMode::NetDmaDmaSplit,
         RecvMode::Pipelined,
         RecvMode::Auto,
+        RecvMode::PipelinedAuto,
         RecvMode::NoCopy,
     ];
 
@@ -81,6 +86,7 @@ impl RecvMode {
             RecvMode::NetDmaDmaSplit => "netdma-dma-split",
             RecvMode::Auto => "netdma-auto",
             RecvMode::Pipelined => "netdma-pipelined",
+            RecvMode::PipelinedAuto => "netdma-pipelined-auto",
         }
     }
 
@@ -113,7 +119,7 @@ impl RecvMode {
                 cpu_fraction: 0.25,
                 ..base
             }),
-            RecvMode::Auto => Some(NetDmaConfig {
+            RecvMode::Auto | RecvMode::PipelinedAuto => Some(NetDmaConfig {
                 tcp_dma_copybreak: Copybreak::Auto,
                 ..base
             }),
@@ -253,8 +259,8 @@ impl RecvBed {
     /// If `read_size` exceeds the bed's `max_read`, or the stream stalls for 10 s.
     pub fn run(&mut self, mode: RecvMode, read_size: usize, total: usize) -> StreamResult {
         assert!(read_size > 0 && read_size <= self.buf.len());
-        if mode == RecvMode::Pipelined {
-            return self.run_pipelined(read_size, total);
+        if matches!(mode, RecvMode::Pipelined | RecvMode::PipelinedAuto) {
+            return self.run_pipelined(mode, read_size, total);
         }
         match self.pump {
             Pump::SameThread => self.run_same_thread(mode, read_size, total),
@@ -265,11 +271,11 @@ impl RecvBed {
     /// The pipelined receive: keeps [`PIPELINE_DEPTH`] buffers of `read_size` posted
     /// (each completes when full) and polls; the pump is always [`Pump::SameThread`],
     /// where the overlap happens.
-    fn run_pipelined(&mut self, read_size: usize, total: usize) -> StreamResult {
+    fn run_pipelined(&mut self, mode: RecvMode, read_size: usize, total: usize) -> StreamResult {
         let netdma = self
             .netdmas
             .iter()
-            .find(|(m, _)| *m == RecvMode::Pipelined)
+            .find(|(m, _)| *m == mode)
             .map(|(_, n)| n.clone())
             .expect("a netdma instance for the pipelined mode");
         let server = self.server.take().expect("server stack present");
@@ -278,7 +284,7 @@ impl RecvBed {
         let sh = self.sh;
         let mut spare: Vec<Vec<u8>> = (0..PIPELINE_DEPTH).map(|_| vec![0u8; read_size]).collect();
         let mut claimed = 0; // bytes the posted reads will take
-        let result = pump_same_thread(client, self.ch, total, RecvMode::Pipelined, |_| {
+        let result = pump_same_thread(client, self.ch, total, mode, |_| {
             while claimed < total {
                 let Some(mut buf) = spare.pop() else { break };
                 let want = read_size.min(total - claimed);

@@ -6,7 +6,7 @@
 use crate::copy::{CopyBed, CopyMode, Temp};
 use crate::engine_ops::{self, EngineBed, Latency};
 use crate::handoff::{HandoffBed, HandoffMode, HandoffRun, BLOCK, INFLIGHT, RING};
-use crate::recv::{Pump, RecvBed, RecvMode, DEFAULT_SOCKET_BYTES};
+use crate::recv::{Pump, RecvBed, RecvMode, DEFAULT_SOCKET_BYTES, PIPELINE_DEPTH};
 use crate::rtt::{cross_core_rtt, Rtt};
 use crate::stats::median;
 use crate::{fmt_size, KIB, MIB};
@@ -230,6 +230,8 @@ pub struct Headline {
     pub recv_below_copybreak_ratio: f64,
     /// Adaptive / CPU path, throughput.
     pub auto_throughput_ratio: f64,
+    /// Adaptive pipelined receive / CPU path, throughput.
+    pub pipelined_auto_throughput_ratio: f64,
     /// Best DMA mode / CPU path, throughput.
     pub recv_dma_throughput_ratio: f64,
     /// Which DMA mode was best.
@@ -240,6 +242,8 @@ pub struct Headline {
     pub app_cpu_per_mib_ratio: f64,
     /// Where the adaptive mode sent its bytes (DMA, CPU) over the headline runs.
     pub auto_dma_bytes: (u64, u64),
+    /// The same for the adaptive pipelined receive.
+    pub pipelined_auto_dma_bytes: (u64, u64),
 }
 
 /// The ring hand-off (`handoff`): the filling thread's nanoseconds per 64 KiB block.
@@ -459,7 +463,9 @@ pub fn measure_headline(scale: &Scale, log: &mut dyn FnMut(&str)) -> Result<Head
     let mut bed = RecvBed::new(mtu, DEFAULT_SOCKET_BYTES, read, Pump::SameThread, &modes)?;
     // Warm-up: the connection, the caches, and the adaptive mode's first estimates.
     interleave(&mut bed, &modes, read, scale.headline.1 / 4 + KIB, 1);
-    let auto_before = bed.netdma(RecvMode::Auto).map(|n| n.stats());
+    let stats = |bed: &RecvBed, mode| bed.netdma(mode).map(|n| n.stats());
+    let auto_before = stats(&bed, RecvMode::Auto);
+    let pauto_before = stats(&bed, RecvMode::PipelinedAuto);
     log(&format!(
         "recv headline: {} rounds x {} modes x {}",
         scale.headline.0,
@@ -467,7 +473,8 @@ pub fn measure_headline(scale: &Scale, log: &mut dyn FnMut(&str)) -> Result<Head
         fmt_size(scale.headline.1)
     ));
     let runs = interleave(&mut bed, &modes, read, scale.headline.1, scale.headline.0);
-    let auto_after = bed.netdma(RecvMode::Auto).map(|n| n.stats());
+    let auto_after = stats(&bed, RecvMode::Auto);
+    let pauto_after = stats(&bed, RecvMode::PipelinedAuto);
     let idx = |m: RecvMode| modes.iter().position(|&x| x == m).expect("mode run");
     let thr = |r: &crate::recv::StreamResult| r.mib_per_s();
     let cpu = |r: &crate::recv::StreamResult| r.cpu_us_per_mib();
@@ -478,13 +485,15 @@ pub fn measure_headline(scale: &Scale, log: &mut dyn FnMut(&str)) -> Result<Head
         .map(|&m| (m, ratio(&runs[idx(m)], cpu_path, thr)))
         .max_by(|a, b| a.1.total_cmp(&b.1))
         .expect("at least one DMA mode");
-    let auto_dma_bytes = match (auto_before, auto_after) {
-        (Some(b), Some(a)) => (
-            a.dma_bytes.saturating_sub(b.dma_bytes),
-            a.cpu_bytes.saturating_sub(b.cpu_bytes),
-        ),
-        _ => (0, 0),
-    };
+    let split =
+        |before: Option<netdma::RecvStats>, after: Option<netdma::RecvStats>| match (before, after)
+        {
+            (Some(b), Some(a)) => (
+                a.dma_bytes.saturating_sub(b.dma_bytes),
+                a.cpu_bytes.saturating_sub(b.cpu_bytes),
+            ),
+            _ => (0, 0),
+        };
     Ok(Headline {
         mtu,
         read_size: read,
@@ -495,11 +504,13 @@ pub fn measure_headline(scale: &Scale, log: &mut dyn FnMut(&str)) -> Result<Head
             .collect(),
         recv_below_copybreak_ratio: ratio(cpu_path, &runs[idx(RecvMode::Plain)], thr),
         auto_throughput_ratio: ratio(&runs[idx(RecvMode::Auto)], cpu_path, thr),
+        pipelined_auto_throughput_ratio: ratio(&runs[idx(RecvMode::PipelinedAuto)], cpu_path, thr),
         recv_dma_throughput_ratio,
         best_dma_mode,
         nocopy_floor_ratio: ratio(&runs[idx(RecvMode::NoCopy)], cpu_path, cpu),
         app_cpu_per_mib_ratio: ratio(&runs[idx(best_dma_mode)], cpu_path, cpu),
-        auto_dma_bytes,
+        auto_dma_bytes: split(auto_before, auto_after),
+        pipelined_auto_dma_bytes: split(pauto_before, pauto_after),
     })
 }
 
@@ -729,6 +740,10 @@ impl Report {
         );
         put("auto_throughput_ratio", json!(h.auto_throughput_ratio));
         put(
+            "pipelined_auto_throughput_ratio",
+            json!(h.pipelined_auto_throughput_ratio),
+        );
+        put(
             "recv_dma_throughput_ratio",
             json!(h.recv_dma_throughput_ratio),
         );
@@ -920,14 +935,26 @@ impl Report {
             );
         }
         s += &format!(
-            "\nThe adaptive mode sent {} by DMA and {} by the CPU during these rounds. Modes: \
+            "\nDuring these rounds `netdma-auto` sent {} by DMA and {} by the CPU; \
+             `netdma-pipelined-auto` sent {} by DMA and {} by the CPU, at {:.3} of \
+             `netdma-cpu`'s throughput (`pipelined_auto_throughput_ratio`): when it copies \
+             with the CPU it fills {} posted buffers in turn, where `netdma-cpu` reuses one \
+             hot buffer. Modes: \
              `smoltcp` = `recv_slice`; `netdma-cpu` = `NetDma::recv` with the copybreak at \
              `usize::MAX`; `netdma-dma` = copybreak 0 (every read offloaded, 64 KiB \
              descriptors); `netdma-dma-split` = the same with `cpu_fraction = 0.25`; \
-             `netdma-auto` = `tcp_dma_copybreak = \"auto\"`; `nocopy` = consuming without \
-             copying (the floor).\n\n",
+             `netdma-pipelined` = `Pipeline` with {} reads of {} posted, copybreak 0; \
+             `netdma-auto` and `netdma-pipelined-auto` = `NetDma::recv` and `Pipeline` with \
+             `tcp_dma_copybreak = \"auto\"`; `nocopy` = consuming without copying (the \
+             floor).\n\n",
             fmt_bytes(h.auto_dma_bytes.0),
-            fmt_bytes(h.auto_dma_bytes.1)
+            fmt_bytes(h.auto_dma_bytes.1),
+            fmt_bytes(h.pipelined_auto_dma_bytes.0),
+            fmt_bytes(h.pipelined_auto_dma_bytes.1),
+            h.pipelined_auto_throughput_ratio,
+            PIPELINE_DEPTH,
+            PIPELINE_DEPTH,
+            fmt_size(h.read_size)
         );
 
         s += &self.handoff_markdown();

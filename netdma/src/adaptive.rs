@@ -3,7 +3,9 @@
 //!
 //! Costs are the wall time a read spends in netdma per KiB (a read's copy is synchronous,
 //! so that is the receiving thread's time; `Instant` costs ~20 ns where the thread CPU
-//! clock costs a syscall). The path not in use is probed on a clock that backs off from
+//! clock costs a syscall). The pipelined receive, whose reads overlap, charges instead the
+//! thread's busy time in `Pipeline::poll` to the path that was copying, per byte each path
+//! delivered (`pipeline::Meter`). The path not in use is probed on a clock that backs off from
 //! 4 ms to 250 ms while the probes keep confirming the choice: probes of a path ten times
 //! dearer then cost well under 1%, and a change of placement is still noticed within a
 //! few probes (under a second). A probe is dearer than its own copy: it leaves the ring's

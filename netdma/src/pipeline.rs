@@ -94,8 +94,8 @@ struct Posted {
     inflight_bytes: usize,
     mode: Mode,
     error: Option<RecvError>,
-    /// When the read was posted (adaptive samples only).
-    sample_start: Option<u64>,
+    /// The adaptive policy measures this read (see [`Meter`]).
+    sampled: bool,
     dma_failed: bool,
 }
 
@@ -142,6 +142,30 @@ pub struct Pipeline<L: Link> {
     done: Vec<(SocketHandle, Completed)>,
     /// Scratch for the reads one poll finishes (kept to reuse its allocation).
     finished: Vec<Posted>,
+    /// The adaptive policy's samples (copybreak "auto" only).
+    meter: Meter,
+}
+
+/// What pipelined reads cost the receiving thread, per path, for the adaptive policy. A
+/// read's own wall time says little here (it waits in the queue and overlaps with
+/// others), so the meter charges the thread's time in [`Pipeline::poll`] (the stack's
+/// processing included: offload makes smoltcp's ring writes dearer, see
+/// `bench/src/handoff.rs`) to DMA when copies were in flight or retired in that poll, to
+/// the CPU otherwise, and divides each path's time by the bytes its reads delivered. A
+/// sampled read records its path's cost per byte since that path's previous sample.
+/// Polls with nothing in flight and nothing done (waiting for the network) count for
+/// neither path; a poll that finishes reads of both paths counts for DMA, which can only
+/// make the CPU look cheaper.
+#[derive(Debug, Default)]
+struct Meter {
+    /// Busy nanoseconds per path (`[cpu, dma]`) since its last sample.
+    busy_ns: [u64; 2],
+    /// Bytes delivered per path since its last sample.
+    bytes: [usize; 2],
+    /// The sampled reads finished by this poll: (by DMA, bytes).
+    samples: Vec<(bool, usize)>,
+    /// A DMA read finished in this poll.
+    dma_finished: bool,
 }
 
 impl<L: Link> Pipeline<L> {
@@ -153,6 +177,7 @@ impl<L: Link> Pipeline<L> {
             sockets: Vec::new(),
             done: Vec::new(),
             finished: Vec::new(),
+            meter: Meter::default(),
         }
     }
 
@@ -242,16 +267,14 @@ impl<L: Link> Pipeline<L> {
                 Err(reason) => Mode::Cpu(Some(reason)),
             },
         };
-        let mut sample_start = None;
+        let mut sampled = false;
         if params.copybreak.is_auto() {
             if let Mode::Dma(_) = mode {
                 let choice = netdma.adaptive.choose(|| netdma.clock_ns());
                 if !choice.dma {
                     mode = Mode::Cpu(Some(Fallback::Adaptive));
                 }
-                if choice.sample {
-                    sample_start = Some(netdma.clock_ns());
-                }
+                sampled = choice.sample;
             }
         }
         let low_water = low_water.clamp(1, buf.len());
@@ -263,7 +286,7 @@ impl<L: Link> Pipeline<L> {
             inflight_bytes: 0,
             mode,
             error: None,
-            sample_start,
+            sampled,
             dma_failed: false,
         };
         match self.sockets.iter_mut().find(|s| s.handle == handle) {
@@ -286,6 +309,9 @@ impl<L: Link> Pipeline<L> {
     /// copies, releases their ring space, submits copies of new data. Returns whether
     /// anything happened.
     pub fn poll(&mut self) -> bool {
+        let params = *self.netdma.params.read();
+        let metered = params.copybreak.is_auto();
+        let start = if metered { self.netdma.clock_ns() } else { 0 };
         let mut progress = self.stack_mut().poll();
         let mut finished = std::mem::take(&mut self.finished);
         let stack = self.stack.as_mut().expect("stack present until into_stack");
@@ -296,6 +322,7 @@ impl<L: Link> Pipeline<L> {
             let before = finished.len();
             progress |= advance(
                 &self.netdma,
+                &params,
                 stack.tcp_mut(handle),
                 reads,
                 false,
@@ -303,6 +330,15 @@ impl<L: Link> Pipeline<L> {
             );
             let empty = reads.reads.is_empty();
             for p in finished.drain(before..) {
+                if metered {
+                    let dma = matches!(p.mode, Mode::Dma(_));
+                    self.meter.bytes[usize::from(dma)] += p.filled;
+                    self.meter.dma_finished |= dma;
+                    if p.sampled && !p.dma_failed {
+                        // Failed DMA copies are not samples of what DMA costs.
+                        self.meter.samples.push((dma, p.filled));
+                    }
+                }
                 let completed = complete(&self.netdma, p);
                 self.done.push((handle, completed));
             }
@@ -313,7 +349,34 @@ impl<L: Link> Pipeline<L> {
             }
         }
         self.finished = finished;
+        if metered {
+            self.meter_poll(start, progress);
+        }
         progress
+    }
+
+    /// Charges this poll's time to the meter and records the samples of the reads it
+    /// finished.
+    fn meter_poll(&mut self, start: u64, progress: bool) {
+        let m = &mut self.meter;
+        let in_flight = self.sockets.iter().any(|s| s.inflight_chunks() > 0);
+        if progress || in_flight {
+            let path = usize::from(in_flight || m.dma_finished);
+            m.busy_ns[path] += self.netdma.clock_ns().saturating_sub(start);
+        }
+        m.dma_finished = false;
+        for (dma, bytes) in m.samples.drain(..) {
+            let path = usize::from(dma);
+            if m.bytes[path] == 0 {
+                continue;
+            }
+            let per_byte = m.busy_ns[path] as f64 / m.bytes[path] as f64;
+            self.netdma
+                .adaptive
+                .record(dma, bytes, (per_byte * bytes as f64) as u64);
+            m.busy_ns[path] = 0;
+            m.bytes[path] = 0;
+        }
     }
 
     /// Sleeps on the link until there may be work, at most `max` (the idle loop). Does not
@@ -347,8 +410,10 @@ impl<L: Link> Pipeline<L> {
         let mut reads = self.sockets.swap_remove(pos);
         let mut finished = Vec::new();
         let stack = self.stack.as_mut().expect("stack present until into_stack");
+        let params = *self.netdma.params.read();
         advance(
             &self.netdma,
+            &params,
             stack.tcp_mut(handle),
             &mut reads,
             true,
@@ -365,9 +430,11 @@ impl<L: Link> Pipeline<L> {
             return; // into_stack already drained
         };
         let mut finished = Vec::new();
+        let params = *self.netdma.params.read();
         while let Some(mut reads) = self.sockets.pop() {
             advance(
                 &self.netdma,
+                &params,
                 stack.tcp_mut(reads.handle),
                 &mut reads,
                 true,
@@ -386,16 +453,9 @@ impl<L: Link> Drop for Pipeline<L> {
     }
 }
 
-/// Hands a finished read back: counts it, and feeds the adaptive policy its sample.
+/// Hands a finished read back, counted.
 fn complete(netdma: &NetDma, p: Posted) -> Completed {
     debug_assert!(p.inflight.is_empty());
-    if let Some(start) = p.sample_start {
-        if !p.dma_failed {
-            let spent = netdma.clock_ns().saturating_sub(start);
-            let dma = matches!(p.mode, Mode::Dma(_));
-            netdma.adaptive.record(dma, p.filled, spent);
-        }
-    }
     match p.mode {
         Mode::Dma(_) if p.filled > 0 => netdma.counters.dma_read(),
         _ if p.filled > 0 => netdma.counters.cpu_read(),
@@ -414,12 +474,12 @@ fn complete(netdma: &NetDma, p: Posted) -> Completed {
 /// `finished`. Returns whether anything happened.
 fn advance(
     netdma: &NetDma,
+    params: &RecvParams,
     socket: &mut tcp::Socket<'static>,
     reads: &mut SocketReads,
     finish: bool,
     finished: &mut Vec<Posted>,
 ) -> bool {
-    let params = *netdma.params.read();
     let mut progress = retire(netdma, socket, reads, finish, params.timeout, finished);
     if finish {
         finished.extend(reads.reads.drain(..));
@@ -430,7 +490,7 @@ fn advance(
     let mut ahead = 0; // ring bytes claimed by the reads before this one
     for p in reads.reads.iter_mut() {
         if p.unclaimed() > 0 {
-            progress |= fill(netdma, socket, p, ahead, &mut chunks, &params);
+            progress |= fill(netdma, socket, p, ahead, &mut chunks, params);
             if p.unclaimed() > 0 || p.error.is_some() {
                 break; // the next read starts where this one ends, which is not known yet
             }

@@ -137,6 +137,26 @@ fn cpu_fraction_splits_every_pipelined_copy() {
 }
 
 #[test]
+fn adaptive_pipeline_measures_both_paths_and_loses_nothing() {
+    let netdma = Arc::new(NetDma::from_config(config(Copybreak::Auto)).unwrap());
+    let mut bed = bed(netdma.clone());
+    let data = pattern(16 * MIB, 29);
+    let got = pump(&mut bed, &data, 64 * 1024, 8);
+    assert_same(&got, &data);
+    let s = netdma.stats();
+    // The policy measures the CPU first, then DMA, before it has a choice to make: both
+    // paths carried reads, whichever it settled on.
+    assert!(s.dma_reads >= 1, "no read by DMA: {s:?}");
+    assert!(s.fallback.adaptive >= 1, "no read routed to the CPU: {s:?}");
+    assert_eq!(
+        s.dma_bytes + s.fallback_bytes.adaptive,
+        data.len() as u64,
+        "{s:?}"
+    );
+    assert_eq!(s.bytes_in_flight, 0);
+}
+
+#[test]
 fn posted_buffers_below_copybreak_use_the_cpu() {
     let netdma = Arc::new(NetDma::from_config(config(Copybreak::Bytes(MIB))).unwrap());
     let mut bed = bed(netdma.clone());
