@@ -124,6 +124,8 @@ type Added = Vec<(DeviceId, Arc<FaultInjector<SoftwareDevice>>)>;
 pub fn run(config: &SoakConfig) -> SoakReport {
     let started = Instant::now();
     let netdma_config = NetDmaConfig {
+        // Offload every read from 4 KiB up: the soak is there to stress the DMA path.
+        tcp_dma_copybreak: netdma::Copybreak::LINUX_DEFAULT,
         // Bounded waits short enough that injected stalls resolve while the run lasts.
         wait: netdma::config::WaitPolicy {
             timeout_ms: 100,

@@ -18,7 +18,7 @@
 //! | TOML key | sysctl name | environment variable | default | accepted values | run time |
 //! | --- | --- | --- | --- | --- | --- |
 //! | `enabled` | `net.netdma.enabled` | `NETDMA_ENABLED` | `true` | boolean (sysctl: 0/1) | rw |
-//! | `tcp_dma_copybreak` | `net.ipv4.tcp_dma_copybreak` | `NETDMA_TCP_DMA_COPYBREAK` | `4096` | integer `0..=usize::MAX` or `"auto"` | rw |
+//! | `tcp_dma_copybreak` | `net.ipv4.tcp_dma_copybreak` | `NETDMA_TCP_DMA_COPYBREAK` | `"auto"` | integer `0..=usize::MAX` or `"auto"` | rw |
 //! | `low_latency` | `net.ipv4.tcp_low_latency` | `NETDMA_LOW_LATENCY` | `false` | boolean (sysctl: 0/1) | rw |
 //! | `chunk_size` | `net.netdma.chunk_size` | `NETDMA_CHUNK_SIZE` | `65536` | `64..=16777216` (16 MiB) | rw |
 //! | `max_inflight` | `net.netdma.max_inflight` | `NETDMA_MAX_INFLIGHT` | `8` | `1..=1024` | rw |
@@ -391,8 +391,11 @@ pub struct NetDmaConfig {
     /// Offload receive copies at all (default true). Switching it off drops every
     /// reference that pins a DMA device.
     pub enabled: bool,
-    /// Reads of at least this many bytes are offloaded (default 4096, Linux's
-    /// `sysctl_tcp_dma_copybreak`), or [`Copybreak::Auto`] for the adaptive policy.
+    /// Reads of at least this many bytes are offloaded (Linux's
+    /// `sysctl_tcp_dma_copybreak`, whose default was 4096), or [`Copybreak::Auto`] for the
+    /// adaptive policy (the default: it routes to whichever path is cheaper on this
+    /// machine now, and measured at 0.98-1.0 of the CPU path where offload does not pay;
+    /// see BENCHMARKS.md).
     pub tcp_dma_copybreak: Copybreak,
     /// Linux `net.ipv4.tcp_low_latency`: when set, never offload (default false).
     pub low_latency: bool,
@@ -418,7 +421,7 @@ impl Default for NetDmaConfig {
     fn default() -> Self {
         NetDmaConfig {
             enabled: true,
-            tcp_dma_copybreak: Copybreak::LINUX_DEFAULT,
+            tcp_dma_copybreak: Copybreak::Auto,
             low_latency: false,
             chunk_size: 65536,
             max_inflight: 8,
@@ -1046,7 +1049,7 @@ mod tests {
     fn defaults() {
         let c = NetDmaConfig::default();
         assert!(c.enabled);
-        assert_eq!(c.tcp_dma_copybreak, Copybreak::Bytes(4096));
+        assert_eq!(c.tcp_dma_copybreak, Copybreak::Auto);
         assert!(!c.low_latency);
         assert_eq!(c.chunk_size, 65536);
         assert_eq!(c.max_inflight, 8);
@@ -1105,11 +1108,11 @@ mod tests {
         for (name, value) in &defaults {
             assert_eq!(&d.get(name).unwrap(), value);
         }
-        assert_eq!(d.get("net.ipv4.tcp_dma_copybreak").unwrap(), "4096");
+        assert_eq!(d.get("net.ipv4.tcp_dma_copybreak").unwrap(), "auto");
         assert_eq!(d.get("net.netdma.enabled").unwrap(), "1");
         assert_eq!(d.get("net.ipv4.tcp_low_latency").unwrap(), "0");
         assert_eq!(d.get("net.netdma.engine.provider").unwrap(), "software");
-        assert_eq!(d.get("net/ipv4/tcp_dma_copybreak").unwrap(), "4096");
+        assert_eq!(d.get("net/ipv4/tcp_dma_copybreak").unwrap(), "auto");
     }
 
     const FULL: &str = r#"

@@ -13,6 +13,15 @@ use std::time::{Duration, Instant};
 
 const READ_SIZES: [usize; 7] = [1, 100, 4095, 4096, 4097, 65536, MIB];
 
+/// The default configuration with Linux's fixed copybreak (4096) instead of "auto", for
+/// tests that need reads to go to DMA.
+fn copybreak_4k() -> NetDmaConfig {
+    NetDmaConfig {
+        tcp_dma_copybreak: Copybreak::LINUX_DEFAULT,
+        ..NetDmaConfig::default()
+    }
+}
+
 fn netdma_with(copybreak: Copybreak, enabled: bool) -> NetDma {
     let config = NetDmaConfig {
         tcp_dma_copybreak: copybreak,
@@ -156,7 +165,7 @@ fn fallback_reasons_are_counted() {
 #[test]
 fn no_channel_falls_back() {
     // An engine without devices: eligible reads find no channel.
-    let netdma = NetDma::new(Engine::new(), NetDmaConfig::default()).unwrap();
+    let netdma = NetDma::new(Engine::new(), copybreak_4k()).unwrap();
     let (mut pair, server, client) = connected(65535);
     let data = pattern(2 * MIB, 4);
     let received = stream_64k(&mut pair, server, client, &netdma, &data);
@@ -294,7 +303,7 @@ fn a_channel_failing_every_third_transfer_still_delivers_exact_data() {
             ..FaultPlan::default()
         },
     );
-    let netdma = netdma_over(device.clone(), NetDmaConfig::default());
+    let netdma = netdma_over(device.clone(), copybreak_4k());
     let (mut pair, server, client) = connected(65535);
     let data = pattern(16 * MIB, 9);
     let received = stream_64k(&mut pair, server, client, &netdma, &data);
@@ -312,7 +321,7 @@ fn a_stalled_channel_times_out_and_the_cpu_completes_the_read() {
         FaultPlan::default(),
     );
     device.stall(0);
-    let mut config = NetDmaConfig::default();
+    let mut config = copybreak_4k();
     config.wait.timeout_ms = 20;
     let netdma = netdma_over(device.clone(), config);
     let (mut pair, server, client) = connected(65535);
@@ -335,7 +344,7 @@ fn a_socket_aborted_around_an_in_flight_copy_gives_the_reader_a_clear_error() {
         SoftwareDevice::builder().channels(1).build(),
         FaultPlan::default(),
     );
-    let mut config = NetDmaConfig::default();
+    let mut config = copybreak_4k();
     config.wait.timeout_ms = 50;
     let netdma = Arc::new(netdma_over(device.clone(), config));
     let (mut pair, server, client) = connected(65535);
