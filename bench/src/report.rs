@@ -734,6 +734,7 @@ impl Report {
         };
         put("cross_core_rtt_ns", json!(self.rtt.rtt_ns));
         put("cross_core_rtt_end_ns", json!(self.rtt_end.rtt_ns));
+        put("placement_changed", json!(self.placement_changed()));
         put(
             "recv_below_copybreak_ratio",
             json!(h.recv_below_copybreak_ratio),
@@ -791,8 +792,14 @@ impl Report {
         let mut s = String::new();
         let h = &self.headline;
         s += &format!(
-            "cross-core round trip: {:.0} ns at start, {:.0} ns at end\n",
-            self.rtt.rtt_ns, self.rtt_end.rtt_ns
+            "cross-core round trip: {:.0} ns at start, {:.0} ns at end{}\n",
+            self.rtt.rtt_ns,
+            self.rtt_end.rtt_ns,
+            if self.placement_changed() {
+                " (the host moved the vCPUs during the run)"
+            } else {
+                ""
+            }
         );
         s += &format!("MTU {} / {} reads:\n", h.mtu, fmt_size(h.read_size));
         for r in &h.modes {
@@ -878,6 +885,11 @@ impl Report {
             self.rtt.rtt_ns,
             self.rtt_end.rtt_ns
         );
+        if self.placement_changed() {
+            s += "**The host moved the vCPUs during this run** (the round trip at the end \
+                  differs from the start by more than 2x): the figures below mix placements, \
+                  and the targets are judged against the start.\n\n";
+        }
 
         s += "## Targets (issue 5)\n\n| key | measured | target | applies | result |\n| --- | --- | --- | --- | --- |\n";
         for t in &self.targets {
@@ -1072,6 +1084,13 @@ impl Report {
         s += "## JSON\n\n`--json` prints every figure above as one JSON object (flat keys of \
               issue 5 at the top level, tables below them).\n";
         s
+    }
+
+    /// Whether the cross-core round trip changed by more than 2x between the start and
+    /// the end of the run (the host moved the vCPUs).
+    pub fn placement_changed(&self) -> bool {
+        let (a, b) = (self.rtt.rtt_ns, self.rtt_end.rtt_ns);
+        a.max(b) > 2.0 * a.min(b)
     }
 
     /// The ring hand-off section.
