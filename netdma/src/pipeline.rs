@@ -19,16 +19,26 @@
 //! | the socket's receive-ring bytes under copy | the pipeline | unconsumed: smoltcp writes only *free* ring space, and they are released (`recv(|_| (n, ()))`) only after their copy is done |
 //! | the socket itself | the pipeline's `SocketSet` | the pipeline never hands out `&mut` to a socket or the set, so nothing can remove a socket, `listen`/`connect` it anew (which clears the ring) or drop it while its copies are in flight; [`abort`](Pipeline::abort), [`cancel`](Pipeline::cancel), [`into_stack`](Pipeline::into_stack) and `Drop` finish or cancel the copies first |
 //!
-//! A reset from the peer (RST) clears the ring's indices but not its bytes, and no new
-//! data can land there until the socket is set up again, which only the pipeline can do,
-//! after its copies are done; the bytes copied were received before the reset.
+//! smoltcp can still clear a ring's indices on its own (`reset`: when a closed socket's
+//! TIME-WAIT ends, or the interface loses its address; a peer's RST only closes the socket
+//! and keeps its data). The bytes stay where they are, and no new data can land there
+//! until the socket is set up again, which only the pipeline can do, after its copies are
+//! done. The pipeline notices (fewer bytes queued than it has in flight), finishes the
+//! copies and ends the socket's reads with an error.
+//!
+//! If the pipeline panics while copies may be in flight (a provider or smoltcp panicking
+//! inside [`cancel`](Pipeline::cancel), [`into_stack`](Pipeline::into_stack) or `Drop`),
+//! it leaks the posted buffers and the stack rather than free memory a device may still
+//! access.
 //!
 //! The copies read ring bytes through pointers taken from a `peek` while, between polls,
-//! smoltcp writes *other* bytes of the same storage through a fresh `&mut` to it. The two
-//! never touch the same byte, so there is no data race; in Rust's aliasing model this is
-//! accepted by Tree Borrows (a reborrow that writes none of our bytes leaves them
-//! readable) though not by the older Stacked Borrows, which smoltcp's ring API gives no way
-//! to avoid short of copying. This is the one place netdma relies on it.
+//! smoltcp writes *other* bytes of the same storage through a fresh `&mut` to it, and the
+//! release of a finished chunk (`recv(|_| (n, ()))`) hands out a `&mut` that also spans
+//! later chunks' bytes, without writing them. Nothing writes a byte under copy, so there
+//! is no data race; in Rust's aliasing model this is accepted by Tree Borrows (a reborrow
+//! that writes none of our bytes leaves them readable) though not by the older Stacked
+//! Borrows, which smoltcp's ring API gives no way to avoid short of copying. This is the
+//! one place netdma relies on it.
 
 use crate::control::{NetDma, RecvParams};
 use crate::counters::Fallback;
@@ -54,6 +64,9 @@ pub enum PostError {
     /// The buffer is empty.
     #[error("the posted buffer is empty")]
     Empty(Vec<u8>),
+    /// The handle names no TCP socket of this pipeline's stack.
+    #[error("no TCP socket with this handle in the pipeline's stack")]
+    NotATcpSocket(Vec<u8>),
 }
 
 /// A finished posted read.
@@ -94,9 +107,12 @@ struct Posted {
     inflight_bytes: usize,
     mode: Mode,
     error: Option<RecvError>,
-    /// The adaptive policy measures this read (see [`Meter`]).
+    /// The adaptive policy measures this read (see [`Meter`]); cleared if the read
+    /// changes path, since its cost is then no sample of either.
     sampled: bool,
     dma_failed: bool,
+    /// Bytes the engine copied (the rest went through the CPU).
+    dma_bytes: usize,
 }
 
 impl Posted {
@@ -144,6 +160,9 @@ pub struct Pipeline<L: Link> {
     finished: Vec<Posted>,
     /// The adaptive policy's samples (copybreak "auto" only).
     meter: Meter,
+    /// Set while reads are being finished; still set afterwards only if that panicked,
+    /// and then `Drop` leaks what copies may still use.
+    finishing: bool,
 }
 
 /// What pipelined reads cost the receiving thread, per path, for the adaptive policy. A
@@ -178,6 +197,7 @@ impl<L: Link> Pipeline<L> {
             done: Vec::new(),
             finished: Vec::new(),
             meter: Meter::default(),
+            finishing: false,
         }
     }
 
@@ -255,8 +275,13 @@ impl<L: Link> Pipeline<L> {
         if buf.is_empty() {
             return Err(PostError::Empty(buf));
         }
-        if self.posted(handle) >= MAX_POSTED {
-            return Err(PostError::QueueFull(buf));
+        match self.posted(handle) {
+            // A handle with reads queued was checked when the first was posted. Checked
+            // here, not later: a bad handle found while copies are in flight would panic
+            // in `tcp_mut` with other sockets' copies still running.
+            0 if !self.is_tcp_socket(handle) => return Err(PostError::NotATcpSocket(buf)),
+            n if n >= MAX_POSTED => return Err(PostError::QueueFull(buf)),
+            _ => {}
         }
         let netdma = &*self.netdma;
         let params = *netdma.params.read();
@@ -288,6 +313,7 @@ impl<L: Link> Pipeline<L> {
             error: None,
             sampled,
             dma_failed: false,
+            dma_bytes: 0,
         };
         match self.sockets.iter_mut().find(|s| s.handle == handle) {
             Some(socket) => socket.reads.push_back(read),
@@ -297,6 +323,13 @@ impl<L: Link> Pipeline<L> {
             }),
         }
         Ok(())
+    }
+
+    fn is_tcp_socket(&self, handle: SocketHandle) -> bool {
+        self.stack()
+            .sockets()
+            .iter()
+            .any(|(h, socket)| h == handle && matches!(socket, smoltcp::socket::Socket::Tcp(_)))
     }
 
     /// Takes the oldest finished read of `handle`, if there is one.
@@ -380,10 +413,21 @@ impl<L: Link> Pipeline<L> {
     }
 
     /// Sleeps on the link until there may be work, at most `max` (the idle loop). Does not
-    /// sleep while copies are in flight: they are polled for.
+    /// sleep while copies are in flight (they are polled for), nor while a posted read
+    /// has data waiting for it in the ring or its connection can no longer receive (the
+    /// next [`poll`](Self::poll) finishes it).
     pub fn poll_wait(&mut self, max: Option<Duration>) -> std::io::Result<()> {
-        if self.sockets.iter().any(|s| s.inflight_chunks() > 0) {
-            return Ok(());
+        let stack = self.stack.as_mut().expect("stack present until into_stack");
+        for reads in &self.sockets {
+            if reads.inflight_chunks() > 0 {
+                return Ok(());
+            }
+            if reads.reads.iter().any(|p| p.unclaimed() > 0) {
+                let socket = stack.tcp_mut(reads.handle);
+                if socket.recv_queue() > 0 || !socket.may_recv() {
+                    return Ok(());
+                }
+            }
         }
         self.netdma.maintain(Instant::now());
         self.stack_mut().poll_wait(max)
@@ -403,44 +447,49 @@ impl<L: Link> Pipeline<L> {
 
     /// Ends the reads posted on `handle` now: waits for (or at the timeout cancels) their
     /// copies, releases their ring space, and returns them as they stand, oldest first.
+    /// Reads that had already finished stay for [`take_completed`](Self::take_completed)
+    /// ([`abort`](Self::abort) returns those too).
     pub fn cancel(&mut self, handle: SocketHandle) -> Vec<Completed> {
         let Some(pos) = self.sockets.iter().position(|s| s.handle == handle) else {
             return Vec::new();
         };
-        let mut reads = self.sockets.swap_remove(pos);
-        let mut finished = Vec::new();
-        let stack = self.stack.as_mut().expect("stack present until into_stack");
-        let params = *self.netdma.params.read();
-        advance(
-            &self.netdma,
-            &params,
-            stack.tcp_mut(handle),
-            &mut reads,
-            true,
-            &mut finished,
-        );
+        let finished = self.finish_socket(pos);
+        self.sockets.swap_remove(pos);
         finished
             .into_iter()
             .map(|p| complete(&self.netdma, p))
             .collect()
     }
 
-    fn drain(&mut self) {
-        let Some(stack) = self.stack.as_mut() else {
-            return; // into_stack already drained
-        };
+    /// Waits for (or cancels) every copy of the reads of `self.sockets[pos]` and returns
+    /// them, leaving its queue empty. The reads stay in `self.sockets` until their copies
+    /// are done, and `finishing` stays set if this panics, so `Drop` leaks them then.
+    fn finish_socket(&mut self, pos: usize) -> Vec<Posted> {
+        self.finishing = true;
         let mut finished = Vec::new();
+        let stack = self.stack.as_mut().expect("stack present until into_stack");
         let params = *self.netdma.params.read();
-        while let Some(mut reads) = self.sockets.pop() {
-            advance(
-                &self.netdma,
-                &params,
-                stack.tcp_mut(reads.handle),
-                &mut reads,
-                true,
-                &mut finished,
-            );
-            finished.clear();
+        let reads = &mut self.sockets[pos];
+        advance(
+            &self.netdma,
+            &params,
+            stack.tcp_mut(reads.handle),
+            reads,
+            true,
+            &mut finished,
+        );
+        self.finishing = false;
+        finished
+    }
+
+    fn drain(&mut self) {
+        if self.stack.is_none() {
+            return; // into_stack already drained
+        }
+        while !self.sockets.is_empty() {
+            let last = self.sockets.len() - 1;
+            self.finish_socket(last);
+            self.sockets.pop();
         }
     }
 }
@@ -448,18 +497,36 @@ impl<L: Link> Pipeline<L> {
 impl<L: Link> Drop for Pipeline<L> {
     fn drop(&mut self) {
         // The posted buffers and the sockets' rings are freed after this: finish or
-        // cancel every copy into or out of them first.
-        self.drain();
+        // cancel every copy into or out of them first. If that cannot be done (finishing
+        // panicked, now or before), leak them instead: a device may still access them.
+        let panicked_before = self.finishing;
+        let mut payload = None;
+        if !panicked_before {
+            if let Err(p) = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| self.drain()))
+            {
+                payload = Some(p);
+            }
+        }
+        if panicked_before || payload.is_some() {
+            tracing::error!("pipeline: copies may be in flight after a panic; leaking buffers");
+            std::mem::forget(std::mem::take(&mut self.sockets));
+            std::mem::forget(self.stack.take());
+        }
+        if let Some(p) = payload {
+            if !std::thread::panicking() {
+                std::panic::resume_unwind(p);
+            }
+        }
     }
 }
 
 /// Hands a finished read back, counted.
 fn complete(netdma: &NetDma, p: Posted) -> Completed {
     debug_assert!(p.inflight.is_empty());
-    match p.mode {
-        Mode::Dma(_) if p.filled > 0 => netdma.counters.dma_read(),
-        _ if p.filled > 0 => netdma.counters.cpu_read(),
-        _ => {}
+    if p.dma_bytes > 0 {
+        netdma.counters.dma_read();
+    } else if p.filled > 0 {
+        netdma.counters.cpu_read();
     }
     Completed {
         buf: p.buf,
@@ -525,6 +592,7 @@ fn fill(
             return false;
         }
         p.mode = Mode::Cpu(Some(Fallback::Disabled));
+        p.sampled = false; // no sample of either path any more
     }
     let channel = match &p.mode {
         Mode::Cpu(reason) => {
@@ -551,6 +619,7 @@ fn fill(
         }
         Mode::Dma(channel) => channel.clone(),
     };
+    let mut channel = channel;
     if *chunks >= params.max_inflight {
         return false;
     }
@@ -598,11 +667,24 @@ fn fill(
         // buf.len(), since new <= remaining), which the pipeline owns until the chunk is
         // done and writes nowhere else a copy targets; Vec's heap pointer is stable. Ring
         // and Vec are distinct allocations, so the ranges do not overlap.
-        let result = unsafe {
-            let src = src_base.add(src_off);
-            let dst = p.buf.as_mut_ptr().add(dst_off);
-            channel.memcpy_raw(dst, src, dma_len)
-        };
+        let (src, dst) = unsafe { (src_base.add(src_off), p.buf.as_mut_ptr().add(dst_off)) };
+        // SAFETY: as argued above.
+        let mut result = unsafe { channel.memcpy_raw(dst, src, dma_len) };
+        if matches!(
+            result,
+            Err(SubmitError::NoResources(_) | SubmitError::ChannelGone(_))
+        ) && p.inflight.is_empty()
+        {
+            // The channel went away since the read was posted (an idle release, or the
+            // device was removed). With none of this read's copies on it, take this
+            // CPU's channel now, as a new read would.
+            if let Ok((_guard, fresh)) = netdma.eligible_channel() {
+                p.mode = Mode::Dma(fresh.clone());
+                channel = fresh;
+                // SAFETY: as argued above.
+                result = unsafe { channel.memcpy_raw(dst, src, dma_len) };
+            }
+        }
         let cookie = match result {
             Ok(cookie) => {
                 netdma.counters.in_flight_add(dma_len);
@@ -644,6 +726,7 @@ fn fill(
     }
     if submitted {
         channel.issue_pending(); // one doorbell for the batch
+        netdma.touch(now); // the engine is in use: no idle release under these reads
     }
     // The CPU's share of each new chunk, while the engine copies the rest.
     let mut src_off = start;
@@ -680,29 +763,19 @@ fn retire(
     finished: &mut Vec<Posted>,
 ) -> bool {
     if socket.recv_queue() < reads.inflight_bytes() {
-        // The connection was reset: smoltcp cleared the ring's indices (not its bytes).
-        // Finish the copies so the memory is free, deliver only what was released.
-        for p in reads.reads.iter_mut() {
-            if let Mode::Dma(channel) = &p.mode {
-                for chunk in p.inflight.drain(..) {
-                    if let Some(cookie) = chunk.cookie {
-                        if channel.wait(cookie, timeout).is_err() {
-                            channel.terminate_all();
-                        }
-                        netdma.counters.in_flight_sub(chunk.dma_len);
-                    }
-                }
-            }
-            p.inflight.clear();
-            p.inflight_bytes = 0;
-            p.error = Some(RecvError::InvalidState);
-        }
-        finished.extend(reads.reads.drain(..));
+        // smoltcp cleared the ring's indices under the copies (module docs).
+        fail_all(netdma, reads, timeout, finished);
         return true;
     }
     let mut progress = false;
     while let Some(p) = reads.reads.front_mut() {
-        progress |= retire_read(netdma, socket, p, finish, timeout);
+        match retire_read(netdma, socket, p, finish, timeout) {
+            Retired::Progress(made) => progress |= made,
+            Retired::RingLost => {
+                fail_all(netdma, reads, timeout, finished);
+                return true;
+            }
+        }
         if !p.inflight.is_empty() || !(finish || p.is_complete()) {
             break;
         }
@@ -712,6 +785,41 @@ fn retire(
     progress
 }
 
+/// The ring no longer holds the bytes in flight: finishes every copy (so the memory is
+/// free) and ends every read of the socket with what it had released.
+fn fail_all(
+    netdma: &NetDma,
+    reads: &mut SocketReads,
+    timeout: Duration,
+    finished: &mut Vec<Posted>,
+) {
+    for p in reads.reads.iter_mut() {
+        if let Mode::Dma(channel) = &p.mode {
+            for chunk in p.inflight.drain(..) {
+                if let Some(cookie) = chunk.cookie {
+                    if let Err(dmaengine::WaitError::Timeout { .. }) = channel.wait(cookie, timeout)
+                    {
+                        channel.terminate_all(); // afterwards it is done
+                    }
+                    netdma.counters.in_flight_sub(chunk.dma_len);
+                }
+            }
+        }
+        p.inflight.clear();
+        p.inflight_bytes = 0;
+        p.error = Some(RecvError::InvalidState);
+    }
+    finished.extend(reads.reads.drain(..));
+}
+
+/// What retiring the oldest read's copies found.
+enum Retired {
+    /// Whether any copy was retired.
+    Progress(bool),
+    /// A failed copy's bytes are no longer at the ring's front, so it cannot be redone.
+    RingLost,
+}
+
 /// Retires the copies of the oldest read, whose first chunk is at the ring's front.
 fn retire_read(
     netdma: &NetDma,
@@ -719,9 +827,9 @@ fn retire_read(
     p: &mut Posted,
     finish: bool,
     timeout: Duration,
-) -> bool {
+) -> Retired {
     let Mode::Dma(channel) = &p.mode else {
-        return false;
+        return Retired::Progress(false);
     };
     let channel = channel.clone();
     let mut progress = false;
@@ -759,28 +867,14 @@ fn retire_read(
             break;
         }
         if front.cookie.is_some() {
-            netdma.counters.in_flight_sub(dma_len);
-            if status == TxStatus::Complete {
-                netdma.counters.dma(dma_len);
-            } else {
+            if status != TxStatus::Complete {
                 // Redo exactly this chunk's DMA part from the ring, still unconsumed at
                 // its front.
                 let region = match socket.peek(dma_len) {
                     Ok(region) if region.len() == dma_len => region,
-                    _ => {
-                        // The ring no longer offers these bytes (the connection is
-                        // gone); the chunk's copy is done, so its memory is free.
-                        p.inflight.pop_front();
-                        p.inflight_bytes -= len;
-                        p.error = Some(RecvError::InvalidState);
-                        progress = true;
-                        continue;
-                    }
-                };
-                let reason = if timed_out {
-                    Fallback::Timeout
-                } else {
-                    Fallback::ChannelError
+                    // Cannot happen while the ring holds every byte in flight (checked
+                    // before retiring); if it did, the chunk's data is gone.
+                    _ => return Retired::RingLost,
                 };
                 // SAFETY: the destination range belongs to this (done) chunk; written
                 // through a raw pointer so no reference to the whole posted buffer
@@ -792,10 +886,19 @@ fn retire_read(
                         dma_len,
                     );
                 }
+                let reason = if timed_out {
+                    Fallback::Timeout
+                } else {
+                    Fallback::ChannelError
+                };
                 netdma.counters.cpu(dma_len);
                 netdma.counters.fallback(reason, dma_len);
                 p.dma_failed = true;
+            } else {
+                netdma.counters.dma(dma_len);
+                p.dma_bytes += dma_len;
             }
+            netdma.counters.in_flight_sub(dma_len);
         }
         // The copy is done: release its ring space.
         let released = socket.recv(|_| (len, ()));
@@ -805,5 +908,5 @@ fn retire_read(
         p.inflight.pop_front();
         progress = true;
     }
-    progress
+    Retired::Progress(progress)
 }

@@ -24,8 +24,13 @@ struct Bed {
 }
 
 fn bed(netdma: Arc<NetDma>) -> Bed {
-    let mut pair = StackPair::new(65535);
-    let (server_h, client_h) = pair.connect(MIB, MIB).unwrap();
+    bed_with(netdma, 65535, MIB)
+}
+
+/// A pipeline over one connection at `mtu`, with `socket_bytes` of buffer each way.
+fn bed_with(netdma: Arc<NetDma>, mtu: usize, socket_bytes: usize) -> Bed {
+    let mut pair = StackPair::new(mtu);
+    let (server_h, client_h) = pair.connect(socket_bytes, socket_bytes).unwrap();
     let StackPair { server, client, .. } = pair;
     Bed {
         pipeline: Pipeline::new(server, netdma),
@@ -39,6 +44,13 @@ fn bed(netdma: Arc<NetDma>) -> Bed {
 /// `depth` of them posted; checks that every read comes back full, in order.
 #[track_caller]
 fn pump(bed: &mut Bed, data: &[u8], post: usize, depth: usize) -> Vec<u8> {
+    pump_sizes(bed, data, &[post], depth)
+}
+
+/// As [`pump`], with the posted sizes cycling through `sizes`.
+#[track_caller]
+fn pump_sizes(bed: &mut Bed, data: &[u8], sizes: &[usize], depth: usize) -> Vec<u8> {
+    let mut next_size = sizes.iter().copied().cycle();
     let mut sent = 0;
     let mut got = Vec::with_capacity(data.len());
     let mut claimed = 0; // bytes the posted reads will take
@@ -52,7 +64,7 @@ fn pump(bed: &mut Bed, data: &[u8], post: usize, depth: usize) -> Vec<u8> {
         }
         bed.client.poll();
         while bed.pipeline.posted(bed.server_h) < depth && claimed < data.len() {
-            let want = post.min(data.len() - claimed);
+            let want = next_size.next().unwrap().min(data.len() - claimed);
             bed.pipeline
                 .post_recv(bed.server_h, vec![0; want], want)
                 .unwrap();
@@ -463,4 +475,182 @@ fn three_sockets_with_queued_reads_each_get_their_own_stream() {
     drop(pipeline);
     netdma.disable().unwrap();
     assert_eq!(netdma.engine().total_references(), 0);
+}
+
+#[test]
+fn posting_on_a_handle_of_another_stack_is_refused() {
+    let netdma = Arc::new(NetDma::from_config(config(Copybreak::Bytes(4096))).unwrap());
+    let mut bed = bed(netdma);
+    // The client stack's second socket has an index the server's set does not hold.
+    let foreign = bed.client.add_tcp_socket(4096, 4096);
+    assert!(matches!(
+        bed.pipeline.post_recv(foreign, vec![0; 64], 64),
+        Err(PostError::NotATcpSocket(b)) if b.len() == 64
+    ));
+    assert_eq!(bed.pipeline.posted(foreign), 0);
+}
+
+#[test]
+fn a_read_posted_across_an_idle_release_still_goes_by_dma() {
+    // The read waits on an idle connection long enough for netdma to release the engine;
+    // when data comes, it takes a channel again instead of falling back for good.
+    let mut cfg = config(Copybreak::Bytes(4096));
+    cfg.idle_release_ms = 1;
+    let netdma = Arc::new(NetDma::from_config(cfg).unwrap());
+    let mut bed = bed(netdma.clone());
+    bed.pipeline
+        .post_recv(bed.server_h, vec![0; 256 * 1024], 256 * 1024)
+        .unwrap();
+    while netdma.holds_client() {
+        bed.pipeline
+            .poll_wait(Some(Duration::from_millis(1)))
+            .unwrap();
+        bed.pipeline.poll();
+    }
+    let data = pattern(256 * 1024, 31);
+    bed.client.tcp_mut(bed.client_h).send_slice(&data).unwrap();
+    let mut done = None;
+    for _ in 0..1_000_000 {
+        bed.client.poll();
+        bed.pipeline.poll();
+        if let Some(d) = bed.pipeline.take_completed(bed.server_h) {
+            done = Some(d);
+            break;
+        }
+    }
+    let done = done.expect("the read completes");
+    assert_eq!(done.error, None);
+    assert_same(&done.buf[..done.len], &data);
+    let s = netdma.stats();
+    assert_eq!(s.dma_bytes, data.len() as u64, "{s:?}");
+    assert_eq!(s.dma_reads, 1);
+}
+
+#[test]
+fn poll_wait_does_not_sleep_while_a_posted_read_has_data_waiting() {
+    // 100 KiB arrive; a 64 KiB read takes the first part, and a second read is posted
+    // with the rest already in the ring. poll_wait(None) must return at once (it used to
+    // sleep on the link, which has nothing more to deliver). Run on a thread so a hang
+    // fails the test instead of stalling it.
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let netdma = Arc::new(NetDma::from_config(config(Copybreak::Bytes(4096))).unwrap());
+        let mut bed = bed(netdma);
+        let data = pattern(100 * 1024, 32);
+        // No Nagle: the short second segment goes out without waiting for an ACK.
+        bed.client.tcp_mut(bed.client_h).set_nagle_enabled(false);
+        bed.client.tcp_mut(bed.client_h).send_slice(&data).unwrap();
+        for _ in 0..1000 {
+            bed.client.poll();
+            bed.pipeline.poll();
+        }
+        bed.pipeline
+            .post_recv(bed.server_h, vec![0; 64 * 1024], 64 * 1024)
+            .unwrap();
+        let first = loop {
+            bed.client.poll();
+            bed.pipeline.poll();
+            if let Some(d) = bed.pipeline.take_completed(bed.server_h) {
+                break d;
+            }
+        };
+        // Let every byte be acknowledged, so smoltcp has no timer pending that would end
+        // a sleep on its own.
+        while bed.client.tcp_mut(bed.client_h).send_queue() > 0 {
+            bed.client.poll();
+            bed.pipeline.poll();
+        }
+        bed.pipeline
+            .post_recv(bed.server_h, vec![0; 64 * 1024], 1)
+            .unwrap();
+        bed.pipeline.poll_wait(None).unwrap();
+        let second = loop {
+            bed.pipeline.poll();
+            if let Some(d) = bed.pipeline.take_completed(bed.server_h) {
+                break d;
+            }
+        };
+        let mut got = first.buf[..first.len].to_vec();
+        got.extend_from_slice(&second.buf[..second.len]);
+        tx.send(got == data).unwrap();
+    });
+    let intact = rx
+        .recv_timeout(Duration::from_secs(60))
+        .expect("poll_wait slept with data waiting for a posted read");
+    assert!(intact, "the stream arrived corrupted");
+}
+
+#[test]
+fn reads_below_and_above_the_copybreak_share_one_queue_in_order() {
+    // 1 KiB reads go to the CPU, 64 KiB reads to DMA; queued together, each waits for the
+    // copies of the ones before it.
+    let netdma = Arc::new(NetDma::from_config(config(Copybreak::Bytes(4096))).unwrap());
+    let mut bed = bed(netdma.clone());
+    let data = pattern(16 * MIB, 33);
+    let got = pump_sizes(
+        &mut bed,
+        &data,
+        &[1024, 64 * 1024, 1024, 1024, 64 * 1024],
+        6,
+    );
+    assert_same(&got, &data);
+    let s = netdma.stats();
+    assert!(
+        s.dma_bytes > 0 && s.fallback_bytes.below_copybreak > 0,
+        "{s:?}"
+    );
+    assert_eq!(s.total_bytes(), data.len() as u64);
+    assert_eq!(s.bytes_in_flight, 0);
+}
+
+#[test]
+fn a_small_ring_wraps_under_copies_in_flight() {
+    // A 100 KiB ring with 16 KiB chunks and 48 KiB reads: chunks end at the ring's end
+    // and the next read's first chunk starts again at its beginning.
+    let mut cfg = config(Copybreak::Bytes(4096));
+    cfg.chunk_size = 16 * 1024;
+    let netdma = Arc::new(NetDma::from_config(cfg).unwrap());
+    let mut bed = bed_with(netdma.clone(), 9000, 100 * 1024);
+    let data = pattern(8 * MIB, 34);
+    let got = pump(&mut bed, &data, 48 * 1024, 4);
+    assert_same(&got, &data);
+    let s = netdma.stats();
+    assert_eq!(s.dma_bytes, data.len() as u64, "{s:?}");
+    assert_eq!(s.bytes_in_flight, 0);
+}
+
+#[test]
+fn a_fin_ends_the_read_in_progress_with_its_data_and_the_next_with_nothing() {
+    let netdma = Arc::new(NetDma::from_config(config(Copybreak::Bytes(4096))).unwrap());
+    let mut bed = bed(netdma);
+    let data = pattern(100 * 1024, 35);
+    bed.client.tcp_mut(bed.client_h).send_slice(&data).unwrap();
+    bed.client.tcp_mut(bed.client_h).close();
+    for _ in 0..3 {
+        bed.pipeline
+            .post_recv(bed.server_h, vec![0; 64 * 1024], 64 * 1024)
+            .unwrap();
+    }
+    let mut reads = Vec::new();
+    for _ in 0..1_000_000 {
+        bed.client.poll();
+        bed.pipeline.poll();
+        while let Some(d) = bed.pipeline.take_completed(bed.server_h) {
+            reads.push(d);
+        }
+        if reads.len() == 3 {
+            break;
+        }
+    }
+    assert_eq!(reads.len(), 3, "every read ends");
+    assert_eq!((reads[0].len, reads[0].error), (64 * 1024, None));
+    assert_eq!(reads[1].len, 100 * 1024 - 64 * 1024);
+    assert_eq!(reads[1].error, Some(RecvError::Finished));
+    assert_eq!(
+        (reads[2].len, reads[2].error),
+        (0, Some(RecvError::Finished))
+    );
+    let mut got = reads[0].buf[..reads[0].len].to_vec();
+    got.extend_from_slice(&reads[1].buf[..reads[1].len]);
+    assert_same(&got, &data);
 }
