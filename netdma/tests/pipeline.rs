@@ -654,3 +654,56 @@ fn a_fin_ends_the_read_in_progress_with_its_data_and_the_next_with_nothing() {
     got.extend_from_slice(&reads[1].buf[..reads[1].len]);
     assert_same(&got, &data);
 }
+
+#[test]
+fn a_device_ring_smaller_than_the_copies_in_flight_falls_back_for_the_excess() {
+    // Eight copies in flight per socket, on a channel whose ring holds two: submissions
+    // beyond the ring are refused (RingFull) and copied by the CPU at once.
+    let engine = Engine::new();
+    engine
+        .register_device(SoftwareDevice::builder().channels(1).ring_size(2).build())
+        .unwrap();
+    let netdma = Arc::new(NetDma::new(engine, config(Copybreak::Bytes(4096))).unwrap());
+    let mut bed = bed(netdma.clone());
+    let data = pattern(16 * MIB, 36);
+    let got = pump(&mut bed, &data, 64 * 1024, 8);
+    assert_same(&got, &data);
+    let s = netdma.stats();
+    assert!(s.fallback_bytes.ring_full > 0, "{s:?}");
+    assert!(s.dma_bytes > 0, "{s:?}");
+    assert_eq!(s.total_bytes(), data.len() as u64);
+    assert_eq!(s.bytes_in_flight, 0);
+}
+
+#[test]
+fn a_stalled_channel_under_the_split_times_out_and_the_cpu_redoes_the_engine_part() {
+    let device = FaultInjector::new(
+        SoftwareDevice::builder().channels(1).build(),
+        FaultPlan::default(),
+    );
+    device.stall(0);
+    let engine = Engine::new();
+    engine.register_device(device).unwrap();
+    let mut cfg = config(Copybreak::Bytes(4096));
+    cfg.cpu_fraction = 0.25;
+    cfg.wait.timeout_ms = 20;
+    let netdma = Arc::new(NetDma::new(engine, cfg).unwrap());
+    let mut bed = bed(netdma.clone());
+    let data = pattern(MIB, 37);
+    let got = pump(&mut bed, &data, 256 * 1024, 2);
+    assert_same(&got, &data);
+    let s = netdma.stats();
+    // A quarter of each chunk went by the CPU at submission; of the engine's part, what
+    // the stall held past the timeout was redone by the CPU (the timeout's
+    // `terminate_all` fails the channel's other withheld copies too, counted as channel
+    // errors), and the engine copied the rest.
+    assert_eq!(s.total_bytes(), data.len() as u64, "{s:?}");
+    let redone = s.fallback_bytes.timeout + s.fallback_bytes.channel_error;
+    let tails = (s.cpu_bytes - redone) as f64 / data.len() as f64;
+    assert!(
+        (0.24..=0.25).contains(&tails),
+        "CPU share at submission {tails}: {s:?}"
+    );
+    assert!(s.fallback_bytes.timeout > 0, "{s:?}");
+    assert_eq!(s.bytes_in_flight, 0);
+}
