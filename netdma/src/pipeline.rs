@@ -266,6 +266,9 @@ impl<L: Link> Pipeline<L> {
     /// bytes are in and no copy is in flight (`low_water` is clamped to `1..=buf.len()`),
     /// or when the connection ends. A read takes data only once the reads before it have
     /// claimed their whole buffers, so a low-water completion only ever ends the oldest.
+    /// Post on an established connection: on one that cannot receive (still listening,
+    /// or closed with nothing left to read) the read ends at the next poll with the
+    /// error `recv` would give.
     pub fn post_recv(
         &mut self,
         handle: SocketHandle,
