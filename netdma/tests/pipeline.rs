@@ -94,6 +94,17 @@ fn config(copybreak: Copybreak) -> NetDmaConfig {
     }
 }
 
+type FaultyDevice = FaultInjector<SoftwareDevice>;
+
+/// netdma with `cfg` over a software device of `channels` channels behind a fault
+/// injector following `plan`.
+fn faulty(channels: usize, plan: FaultPlan, cfg: NetDmaConfig) -> (Arc<FaultyDevice>, Arc<NetDma>) {
+    let device = FaultInjector::new(SoftwareDevice::builder().channels(channels).build(), plan);
+    let engine = Engine::new();
+    engine.register_device(device.clone()).unwrap();
+    (device, Arc::new(NetDma::new(engine, cfg).unwrap()))
+}
+
 #[test]
 fn pipelined_64mib_is_exact_and_offloaded() {
     let netdma = Arc::new(NetDma::from_config(config(Copybreak::Bytes(4096))).unwrap());
@@ -182,19 +193,14 @@ fn posted_buffers_below_copybreak_use_the_cpu() {
 
 #[test]
 fn failing_every_third_transfer_is_redone_by_the_cpu() {
-    let device = FaultInjector::new(
-        SoftwareDevice::builder().channels(2).build(),
-        FaultPlan {
-            fail_every: Some(3),
-            ..FaultPlan::default()
-        },
-    );
-    let engine = Engine::new();
-    engine.register_device(device.clone()).unwrap();
     // With the CPU share of the split in the mix: only the engine's part is redone.
     let mut cfg = config(Copybreak::Bytes(4096));
     cfg.cpu_fraction = 0.25;
-    let netdma = Arc::new(NetDma::new(engine, cfg).unwrap());
+    let plan = FaultPlan {
+        fail_every: Some(3),
+        ..FaultPlan::default()
+    };
+    let (device, netdma) = faulty(2, plan, cfg);
     let mut bed = bed(netdma.clone());
     let data = pattern(16 * MIB, 23);
     let got = pump(&mut bed, &data, 64 * 1024, 8);
@@ -242,16 +248,10 @@ fn toggling_offload_while_copies_are_in_flight_loses_nothing() {
 /// A bed whose only channel is stalled, with `pending` bytes waiting in the server's ring
 /// and a posted read whose copies are in flight.
 fn stalled_bed_with_copies_in_flight() -> (Bed, Arc<NetDma>, Vec<u8>) {
-    let device = FaultInjector::new(
-        SoftwareDevice::builder().channels(1).build(),
-        FaultPlan::default(),
-    );
-    device.stall(0);
-    let engine = Engine::new();
-    engine.register_device(device).unwrap();
     let mut cfg = config(Copybreak::Bytes(4096));
     cfg.wait.timeout_ms = 50;
-    let netdma = Arc::new(NetDma::new(engine, cfg).unwrap());
+    let (device, netdma) = faulty(1, FaultPlan::default(), cfg);
+    device.stall(0);
     let mut bed = bed(netdma.clone());
     let data = pattern(256 * 1024, 25);
     bed.client.tcp_mut(bed.client_h).send_slice(&data).unwrap();
@@ -355,13 +355,7 @@ fn a_socket_with_a_posted_read_is_not_handed_out() {
 
 #[test]
 fn aborting_with_queued_reads_in_flight_returns_them_in_order() {
-    let device = FaultInjector::new(
-        SoftwareDevice::builder().channels(1).build(),
-        FaultPlan::default(),
-    );
-    let engine = Engine::new();
-    engine.register_device(device.clone()).unwrap();
-    let netdma = Arc::new(NetDma::new(engine, config(Copybreak::Bytes(4096))).unwrap());
+    let (device, netdma) = faulty(1, FaultPlan::default(), config(Copybreak::Bytes(4096)));
     let mut bed = bed(netdma.clone());
     let data = pattern(512 * 1024, 27);
     bed.client.tcp_mut(bed.client_h).send_slice(&data).unwrap();
@@ -409,16 +403,11 @@ fn three_sockets_with_queued_reads_each_get_their_own_stream() {
     // Three connections through one pipeline, each with its own queue of reads of a
     // different size and depth, on a device that fails every fifth transfer: every stream
     // arrives whole and in order, and reads finish per socket in the order posted.
-    let device = FaultInjector::new(
-        SoftwareDevice::builder().channels(2).build(),
-        FaultPlan {
-            fail_every: Some(5),
-            ..FaultPlan::default()
-        },
-    );
-    let engine = Engine::new();
-    engine.register_device(device.clone()).unwrap();
-    let netdma = Arc::new(NetDma::new(engine, config(Copybreak::Bytes(4096))).unwrap());
+    let plan = FaultPlan {
+        fail_every: Some(5),
+        ..FaultPlan::default()
+    };
+    let (device, netdma) = faulty(2, plan, config(Copybreak::Bytes(4096)));
     let mut pair = StackPair::new(9000);
     let conns: Vec<(SocketHandle, SocketHandle)> =
         (0..3).map(|_| pair.connect(MIB, MIB).unwrap()).collect();
@@ -677,17 +666,11 @@ fn a_device_ring_smaller_than_the_copies_in_flight_falls_back_for_the_excess() {
 
 #[test]
 fn a_stalled_channel_under_the_split_times_out_and_the_cpu_redoes_the_engine_part() {
-    let device = FaultInjector::new(
-        SoftwareDevice::builder().channels(1).build(),
-        FaultPlan::default(),
-    );
-    device.stall(0);
-    let engine = Engine::new();
-    engine.register_device(device).unwrap();
     let mut cfg = config(Copybreak::Bytes(4096));
     cfg.cpu_fraction = 0.25;
     cfg.wait.timeout_ms = 20;
-    let netdma = Arc::new(NetDma::new(engine, cfg).unwrap());
+    let (device, netdma) = faulty(1, FaultPlan::default(), cfg);
+    device.stall(0);
     let mut bed = bed(netdma.clone());
     let data = pattern(MIB, 37);
     let got = pump(&mut bed, &data, 256 * 1024, 2);
