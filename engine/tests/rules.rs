@@ -1022,6 +1022,55 @@ fn scope_timeout_cancels_stalled_transfers() {
 }
 
 #[test]
+fn terminate_all_never_runs_what_was_not_issued_and_lets_issued_work_finish() {
+    let engine = Engine::new();
+    engine.register_device(sw("terminate", 1)).unwrap();
+    let chan = private(&engine, memcpy());
+    let src = pattern(64 * 1024, 13);
+    let mut issued = vec![vec![0u8; src.len()]; 4];
+    let mut held = vec![vec![0u8; src.len()]; 16];
+    let mut cookies = (Vec::new(), Vec::new());
+    // SAFETY: every buffer outlives the copies: they are all done when `terminate_all`
+    // returns (checked below), before any buffer is read or dropped.
+    unsafe {
+        for d in &mut issued {
+            cookies.0.push(
+                chan.memcpy_raw(d.as_mut_ptr(), src.as_ptr(), src.len())
+                    .unwrap(),
+            );
+        }
+        chan.issue_pending();
+        for d in &mut held {
+            cookies.1.push(
+                chan.memcpy_raw(d.as_mut_ptr(), src.as_ptr(), src.len())
+                    .unwrap(),
+            );
+        }
+    }
+    chan.terminate_all();
+    // Everything submitted before the call is done now.
+    for &c in cookies.0.iter().chain(&cookies.1) {
+        assert!(chan.status(c).unwrap().is_done(), "{c} still in flight");
+    }
+    // Never issued, so never started: cancelled, destinations untouched.
+    for (&c, d) in cookies.1.iter().zip(&held) {
+        assert_eq!(chan.status(c), Ok(TxStatus::Error));
+        assert!(d.iter().all(|&b| b == 0), "{c} was run after terminate_all");
+    }
+    // Issued ones either finished whole or were skipped whole.
+    for (&c, d) in cookies.0.iter().zip(&issued) {
+        match chan.status(c).unwrap() {
+            TxStatus::Complete => assert_eq!(d, &src),
+            _ => assert!(d.iter().all(|&b| b == 0)),
+        }
+    }
+    // The channel goes on working afterwards.
+    let mut dst = vec![0u8; 4096];
+    scoped_copy(&chan, &mut dst, &src[..4096]).unwrap();
+    assert_eq!(dst, src[..4096]);
+}
+
+#[test]
 fn owned_copy_hands_the_buffers_back() {
     let engine = Engine::new();
     engine.register_device(sw("owned", 1)).unwrap();

@@ -1,35 +1,30 @@
 //! The software DMA device: the default provider, usable on any machine.
 //!
-//! Each channel is a bounded descriptor ring drained by its own worker thread, which
+//! Each channel is a bounded descriptor queue drained by its own worker thread, which
 //! performs the copies and publishes completion through a completed-sequence counter
 //! (Release by the worker, Acquire by pollers), the way hardware writes a completion
 //! record. Submission is batched: descriptors collect under the channel's submit lock and
 //! travel to the worker as one recycled `Vec` per doorbell (`issue_pending`); nothing
 //! starts before the doorbell. Workers spin briefly when idle, then park: no core is busy
-//! at rest. Rings and workers exist only between `alloc_chan_resources` and
+//! at rest. Queues and workers exist only between `alloc_chan_resources` and
 //! `free_chan_resources`.
 //!
-//! # Descriptor slot states
+//! # Cancellation
 //!
-//! Each ring slot holds `seq << 2 | phase` for the descriptor using it:
-//!
-//! | phase | meaning | set by |
-//! | --- | --- | --- |
-//! | `QUEUED` | submitted, not started | submitter |
-//! | `RUNNING` | the worker is copying | worker (CAS from `QUEUED`) |
-//! | `DONE` | copied | worker |
-//! | `CANCELLED` | will never be touched | `terminate_all` (CAS from `QUEUED`) |
-//!
-//! The CAS race between worker and canceller decides, per descriptor, who owns it: the
-//! worker copies only what it moved to `RUNNING`, and skips (failing) what was
-//! cancelled. Status is read from `completed` alone: a descriptor is done once the worker
-//! has passed it, and failed if it is in the channel's error log.
+//! `terminate_all` raises the channel's cancel watermark to the last sequence submitted,
+//! then waits until the worker has passed it. The worker reads the watermark before each
+//! descriptor: one at or below it is skipped (and fails); one it had already started
+//! finishes (one memcpy). Either way it is done when `terminate_all` returns, and no
+//! per-descriptor state is shared between the submitting and the copying core: the
+//! watermark line is written only by cancellations. Status is read from `completed`
+//! alone: a descriptor is done once the worker has passed it, and failed if it is in the
+//! channel's error log.
 
 mod errors;
 mod worker;
 
 use self::errors::ErrorLog;
-use self::worker::{Job, Ring, Worker};
+use self::worker::{Job, Worker};
 use crate::provider::{Descriptor, Provider, ProviderError, ProviderSubmitError};
 use crate::{Cap, CapMask, TxStatus};
 use crossbeam_channel::{Receiver, Sender};
@@ -38,15 +33,6 @@ use parking_lot::{Condvar, Mutex};
 use std::sync::atomic::{fence, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-
-const QUEUED: u64 = 0;
-const RUNNING: u64 = 1;
-const DONE: u64 = 2;
-const CANCELLED: u64 = 3;
-
-const fn tag(seq: u64, phase: u64) -> u64 {
-    (seq << 2) | phase
-}
 
 /// How long an idle worker or a waiter spins before parking, by default. A completion
 /// seen while spinning costs ~200 ns here, one after parking 5-7 us (DESIGN.md).
@@ -123,12 +109,12 @@ impl SoftwareDeviceBuilder {
 
 /// The software DMA device, the default provider.
 ///
-/// Each channel is a bounded descriptor ring drained by its own worker thread, which
+/// Each channel is a bounded descriptor queue drained by its own worker thread, which
 /// performs the copies and publishes completion through a completed-sequence counter
 /// (Release by the worker, Acquire by pollers). Submissions are batched and handed to the
 /// worker by [`Channel::issue_pending`](crate::Channel::issue_pending) (the doorbell);
 /// nothing starts before it. Idle workers spin briefly ([`DEFAULT_SPIN`]), then park.
-/// Rings and workers exist only while the engine has allocated the channel's resources.
+/// Queues and workers exist only while the engine has allocated the channel's resources.
 pub struct SoftwareDevice {
     name: String,
     channels: Box<[SwChannel]>,
@@ -176,6 +162,9 @@ impl SoftwareDevice {
 pub(crate) struct Shared {
     /// Highest sequence number the worker has passed (copied, failed or skipped).
     completed: CachePadded<AtomicU64>,
+    /// Descriptors up to this sequence that have not started are skipped
+    /// (`terminate_all`); only ever raised.
+    cancel_upto: CachePadded<AtomicU64>,
     /// Highest sequence number handed out.
     submitted: AtomicU64,
     errors: Mutex<ErrorLog>,
@@ -211,7 +200,6 @@ struct Submit {
 }
 
 struct Running {
-    ring: Arc<Ring>,
     batches: Sender<Vec<Job>>,
     recycled: Receiver<Vec<Job>>,
     worker: std::thread::JoinHandle<()>,
@@ -231,6 +219,7 @@ impl SwChannel {
             ring_size,
             shared: Arc::new(Shared {
                 completed: CachePadded::new(AtomicU64::new(0)),
+                cancel_upto: CachePadded::new(AtomicU64::new(0)),
                 submitted: AtomicU64::new(0),
                 errors: Mutex::new(ErrorLog::default()),
                 error_count: AtomicU64::new(0),
@@ -321,19 +310,16 @@ impl SwChannel {
 
     fn terminate_all(&self) {
         let mut submit = self.submit.lock();
-        Self::flush(&mut submit);
-        let Some(running) = &submit.running else {
+        if submit.running.is_none() {
             return; // no resources: nothing in flight (free drained it)
-        };
-        let ring = running.ring.clone();
-        let last = submit.next_seq - 1;
-        drop(submit);
-        let first = self.shared.completed.load(Ordering::Acquire) + 1;
-        for seq in first..=last {
-            ring.cancel(seq);
         }
-        // Everything up to `last` is now cancelled or already started; the worker skips
-        // the cancelled ones and finishes a running copy (one memcpy) promptly.
+        let last = submit.next_seq - 1;
+        // Raised before the pending batch goes out: what was never issued is never run.
+        self.shared.cancel_upto.fetch_max(last, Ordering::AcqRel);
+        Self::flush(&mut submit);
+        drop(submit);
+        // Everything up to `last` not yet started will be skipped; the worker finishes a
+        // copy it had started (one memcpy) promptly.
         let mut spins = 0u32;
         while self.shared.completed.load(Ordering::Acquire) < last {
             spins += 1;
@@ -350,11 +336,12 @@ impl SwChannel {
 // 1. `Complete` and `Error` are reported only for sequences the worker has passed
 //    (`completed`, published with Release after the copy or the skip), and the worker
 //    never returns to a sequence it passed.
-// 2. `terminate_all` moves every outstanding `QUEUED` slot to `CANCELLED`, then waits
-//    until the worker has passed the last sequence submitted before the call.
+// 2. `terminate_all` raises the cancel watermark to the last sequence submitted before
+//    the call, then waits until the worker has passed that sequence (skipped or copied).
 // 3. `free_chan_resources` flushes pending work, closes the queue and joins the worker,
 //    which drains the queue before exiting.
-// 4. The worker marks `DONE` only after copying every byte.
+// 4. The worker publishes a copied sequence only after copying every byte, and records a
+//    skipped one as failed before publishing it.
 unsafe impl Provider for SoftwareDevice {
     fn name(&self) -> &str {
         &self.name
@@ -382,7 +369,6 @@ unsafe impl Provider for SoftwareDevice {
         if submit.running.is_some() {
             return Ok(());
         }
-        let ring = Arc::new(Ring::new(c.ring_size));
         let (batches, batch_rx) = crossbeam_channel::unbounded();
         let (recycle_tx, recycled) = crossbeam_channel::bounded(64);
         let pin = self
@@ -391,7 +377,6 @@ unsafe impl Provider for SoftwareDevice {
             // One CPU over from the CPU the table gives this channel (`pin_workers`).
             .map(|cpus| cpus[(c.index + 1) % cpus.len()]);
         let worker = Worker {
-            ring: ring.clone(),
             shared: c.shared.clone(),
             batches: batch_rx,
             recycle: recycle_tx,
@@ -403,7 +388,6 @@ unsafe impl Provider for SoftwareDevice {
             .spawn(move || worker.run())
             .map_err(|e| ProviderError(format!("spawning worker: {e}")))?;
         submit.running = Some(Running {
-            ring,
             batches,
             recycled,
             worker: handle,
@@ -431,9 +415,9 @@ unsafe impl Provider for SoftwareDevice {
     unsafe fn submit(&self, chan: usize, desc: Descriptor) -> Result<u64, ProviderSubmitError> {
         let c = self.chan(chan);
         let mut submit = c.submit.lock();
-        let Some(running) = &submit.running else {
+        if submit.running.is_none() {
             return Err(ProviderSubmitError::NoResources);
-        };
+        }
         let seq = submit.next_seq;
         let outstanding = seq - 1 - c.shared.completed.load(Ordering::Acquire);
         if outstanding >= c.ring_size as u64 {
@@ -441,7 +425,6 @@ unsafe impl Provider for SoftwareDevice {
                 capacity: c.ring_size,
             });
         }
-        running.ring.arm(seq);
         submit.next_seq += 1;
         submit.pending.push(Job { seq, desc });
         c.shared.submitted.store(seq, Ordering::Release);

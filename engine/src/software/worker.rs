@@ -1,9 +1,9 @@
-//! The worker thread of one software DMA channel, and its descriptor ring.
+//! The worker thread of one software DMA channel.
 
-use super::{tag, Shared, CANCELLED, DONE, QUEUED, RUNNING};
+use super::Shared;
 use crate::provider::Descriptor;
 use crossbeam_channel::{Receiver, Sender, TryRecvError};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -13,58 +13,7 @@ pub(crate) struct Job {
     pub(crate) desc: Descriptor,
 }
 
-/// Slot states of outstanding descriptors, indexed by `seq % len`. A slot is reused only
-/// after the worker passed its previous descriptor: submission refuses more than `len`
-/// outstanding.
-pub(crate) struct Ring {
-    slots: Box<[AtomicU64]>,
-}
-
-impl Ring {
-    pub(crate) fn new(len: usize) -> Ring {
-        Ring {
-            slots: (0..len).map(|_| AtomicU64::new(0)).collect(),
-        }
-    }
-
-    fn slot(&self, seq: u64) -> &AtomicU64 {
-        &self.slots[(seq % self.slots.len() as u64) as usize]
-    }
-
-    /// Marks `seq` queued (submitter, under the submit lock).
-    pub(crate) fn arm(&self, seq: u64) {
-        self.slot(seq).store(tag(seq, QUEUED), Ordering::Relaxed);
-    }
-
-    /// Cancels `seq` if it has not started (a started one is left to finish).
-    pub(crate) fn cancel(&self, seq: u64) {
-        let _ = self.slot(seq).compare_exchange(
-            tag(seq, QUEUED),
-            tag(seq, CANCELLED),
-            Ordering::AcqRel,
-            Ordering::Acquire,
-        );
-    }
-
-    /// Claims `seq` for copying; false if it was cancelled.
-    fn start(&self, seq: u64) -> bool {
-        self.slot(seq)
-            .compare_exchange(
-                tag(seq, QUEUED),
-                tag(seq, RUNNING),
-                Ordering::AcqRel,
-                Ordering::Acquire,
-            )
-            .is_ok()
-    }
-
-    fn finish(&self, seq: u64) {
-        self.slot(seq).store(tag(seq, DONE), Ordering::Release);
-    }
-}
-
 pub(crate) struct Worker {
-    pub(crate) ring: Arc<Ring>,
     pub(crate) shared: Arc<Shared>,
     pub(crate) batches: Receiver<Vec<Job>>,
     pub(crate) recycle: Sender<Vec<Job>>,
@@ -127,14 +76,13 @@ impl Worker {
     }
 
     fn process(&self, job: Job) {
-        if self.ring.start(job.seq) {
+        if job.seq > self.shared.cancel_upto.load(Ordering::Acquire) {
             // SAFETY: the submitter promised (Provider::submit) that the memory stays
             // valid and unaliased until this descriptor is done, and it is not done before
-            // `finish` below; winning the CAS to RUNNING means no canceller released it.
-            // Zero-length descriptors are skipped so null or dangling pointers never reach
-            // the copy.
+            // `publish` below: neither `tx_status` nor `terminate_all` (which waits for
+            // `completed`) reports it done earlier. Zero-length descriptors are skipped so
+            // null or dangling pointers never reach the copy.
             unsafe { execute(job.desc) };
-            self.ring.finish(job.seq);
         } else {
             // Cancelled by terminate_all: never touched. Recorded before publishing, so a
             // poller that sees `completed >= seq` also sees the failure.
