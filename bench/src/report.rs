@@ -1201,8 +1201,8 @@ impl Report {
                     s += &format!(
                         "- `completion_p50_ns` = {:.0} (p99 {:.0}), target <= 300: doorbell to a \
                          completion seen by a spinning poller, on a device whose worker spins 2 ms \
-                         before parking. The path crosses cores about four times (the doorbell, \
-                         the descriptor's slot, the completion counter), each a fraction of the \
+                         before parking. The path crosses cores about three times (the doorbell's \
+                         queue and its descriptor, then the completion counter), each half of the \
                          {:.0} ns round trip measured in this run; DESIGN.md's prototype saw \
                          180-200 ns for a bare hand-off in the near placement.\n",
                         self.completion.p50_ns, self.completion.p99_ns, self.rtt.rtt_ns
