@@ -13,23 +13,10 @@
 //! range, and the configuration is left as it was.
 //!
 //! One table ([`NetDmaConfig::keys`]) drives the TOML loader, the environment, `get`/`set`
-//! and validation, so the names below live in one place.
-//!
-//! | TOML key | sysctl name | environment variable | default | accepted values | run time |
-//! | --- | --- | --- | --- | --- | --- |
-//! | `enabled` | `net.netdma.enabled` | `NETDMA_ENABLED` | `true` | boolean (sysctl: 0/1) | rw |
-//! | `tcp_dma_copybreak` | `net.ipv4.tcp_dma_copybreak` | `NETDMA_TCP_DMA_COPYBREAK` | `"auto"` | integer `0..=usize::MAX` or `"auto"` | rw |
-//! | `low_latency` | `net.ipv4.tcp_low_latency` | `NETDMA_LOW_LATENCY` | `false` | boolean (sysctl: 0/1) | rw |
-//! | `chunk_size` | `net.netdma.chunk_size` | `NETDMA_CHUNK_SIZE` | `65536` | `64..=16777216` (16 MiB) | rw |
-//! | `max_inflight` | `net.netdma.max_inflight` | `NETDMA_MAX_INFLIGHT` | `8` | `1..=1024` | rw |
-//! | `cpu_fraction` | `net.netdma.cpu_fraction` | `NETDMA_CPU_FRACTION` | `0.0` | `0.0..=0.9` | rw |
-//! | `idle_release_ms` | `net.netdma.idle_release_ms` | `NETDMA_IDLE_RELEASE_MS` | `1000` | `0..=86400000` (0 = never) | rw |
-//! | `wait.timeout_ms` | `net.netdma.wait_timeout_ms` | `NETDMA_WAIT_TIMEOUT_MS` | `5000` | `1..=600000` | rw |
-//! | `wait.spin_us` | `net.netdma.wait_spin_us` | `NETDMA_WAIT_SPIN_US` | `20` | `0..=10000` | rw |
-//! | `engine.provider` | `net.netdma.engine.provider` | `NETDMA_ENGINE_PROVIDER` | `"software"` | `"software"` | ro |
-//! | `engine.channels` | `net.netdma.engine.channels` | `NETDMA_ENGINE_CHANNELS` | `2` | `1..=64` | ro |
-//! | `engine.pin_workers` | `net.netdma.engine.pin_workers` | `NETDMA_ENGINE_PIN_WORKERS` | `false` | boolean (sysctl: 0/1) | ro |
-//! | `engine.ring_size` | `net.netdma.engine.ring_size` | `NETDMA_ENGINE_RING_SIZE` | `1024` | power of two in `2..=65536` | ro |
+//! and validation: each key's TOML, sysctl and environment names, default, range and
+//! whether it can change at run time live there and nowhere else in the code. The README's
+//! configuration reference and `netdma.example.toml` list the same keys, and tests check
+//! both against the table.
 //!
 //! Value syntax per source:
 //! - TOML: booleans are `true`/`false`; integers must not be negative; `cpu_fraction`
@@ -195,9 +182,10 @@ impl Copybreak {
     }
 }
 
+/// The default is [`Copybreak::Auto`], the same as [`NetDmaConfig::default`]'s.
 impl Default for Copybreak {
     fn default() -> Self {
-        Copybreak::LINUX_DEFAULT
+        Copybreak::Auto
     }
 }
 
@@ -332,7 +320,9 @@ pub struct WaitPolicy {
     /// Give up waiting for a copy after this many milliseconds (`1..=600000`, default 5000);
     /// the data is then copied by the CPU.
     pub timeout_ms: u64,
-    /// Spin this many microseconds before parking (`0..=10000`, default 20).
+    /// The DMA workers and waiters spin this many microseconds before parking
+    /// (`0..=10000`, default 20). Given to the engine when it is built, so read-only at
+    /// run time.
     pub spin_us: u64,
 }
 
@@ -401,7 +391,8 @@ pub struct NetDmaConfig {
     pub low_latency: bool,
     /// Bytes per DMA descriptor (`64..=16777216`, default 65536).
     pub chunk_size: usize,
-    /// Descriptors (copies) in flight per socket (`1..=1024`, default 8).
+    /// Descriptors (copies) in flight at once (`1..=1024`, default 8): per read in
+    /// [`NetDma::recv`](crate::NetDma::recv), per socket in the pipelined receive.
     pub max_inflight: usize,
     /// Share of each large copy done by the CPU at the same time (`0.0..=0.9`, default
     /// 0.0), as Intel DTO's `cpu_size_fraction`: the tail of every offloaded read in
@@ -756,7 +747,7 @@ static KEYS: [KeyInfo; 13] = [
     "Bytes per DMA descriptor." },
     key! { "max_inflight", "net.netdma.max_inflight", "NETDMA_MAX_INFLIGHT", RW,
     Kind::Uint { min: 1, max: 1024 }, usize, max_inflight,
-    "Descriptors (copies) in flight per socket." },
+    "Descriptors (copies) in flight per read (recv) or per socket (pipeline)." },
     key! { "cpu_fraction", "net.netdma.cpu_fraction", "NETDMA_CPU_FRACTION", RW,
     Kind::Float { min: 0.0, max: 0.9 }, f64, cpu_fraction,
     "Share of each large copy done by the CPU at the same time." },
@@ -766,7 +757,7 @@ static KEYS: [KeyInfo; 13] = [
     key! { "wait.timeout_ms", "net.netdma.wait_timeout_ms", "NETDMA_WAIT_TIMEOUT_MS", RW,
     Kind::Uint { min: 1, max: 600_000 }, u64, wait.timeout_ms,
     "Give up waiting for a copy after this many ms (then the CPU copies)." },
-    key! { "wait.spin_us", "net.netdma.wait_spin_us", "NETDMA_WAIT_SPIN_US", RW,
+    key! { "wait.spin_us", "net.netdma.wait_spin_us", "NETDMA_WAIT_SPIN_US", RO,
     Kind::Uint { min: 0, max: 10_000 }, u64, wait.spin_us,
     "Spin this many us before parking while waiting for a copy." },
     key! { "engine.provider", "net.netdma.engine.provider", "NETDMA_ENGINE_PROVIDER", RO,
@@ -1086,17 +1077,9 @@ mod tests {
                 format!("NETDMA_{}", k.toml.replace('.', "_").to_ascii_uppercase())
             );
             assert!(k.sysctl.starts_with("net."));
-            assert_eq!(k.writable, !k.toml.starts_with("engine."));
-            // The module doc table lists the key with all three names.
-            let src = include_str!("config.rs");
-            assert!(
-                src.lines().any(|l| l.starts_with("//! |")
-                    && l.contains(&format!("`{}`", k.toml))
-                    && l.contains(&format!("`{}`", k.sysctl))
-                    && l.contains(&format!("`{}`", k.env))),
-                "module doc table is missing {}",
-                k.toml
-            );
+            // What the engine is built from cannot change under it.
+            let build_time = k.toml.starts_with("engine.") || k.toml == "wait.spin_us";
+            assert_eq!(k.writable, !build_time, "{}", k.toml);
             assert!(!k.doc.is_empty());
             assert!(!k.range().is_empty());
         }
@@ -1522,7 +1505,6 @@ ring_size = 256
             ("net.netdma.chunk_size", "16777216"),
             ("net.netdma.max_inflight", "1024"),
             ("net.netdma.wait_timeout_ms", "1"),
-            ("net.netdma.wait_spin_us", "10000"),
             ("net.netdma.cpu_fraction", "0.9"),
             ("net.netdma.cpu_fraction", "0.125"),
             ("net.netdma.idle_release_ms", "86400000"),
@@ -1534,7 +1516,12 @@ ring_size = 256
             c.validate().unwrap();
         }
         assert_eq!(c.cpu_fraction, 0.125);
-        assert_eq!(c.wait.spin_us, 10000);
+        // Given to the engine when it is built: read-only at run time, unchanged.
+        assert!(matches!(
+            c.set("net.netdma.wait_spin_us", "10000"),
+            Err(ConfigError::ReadOnly(k)) if k == "net.netdma.wait_spin_us"
+        ));
+        assert_eq!(c.wait.spin_us, 20);
         // Whitespace (as written to /proc/sys) and slash names are accepted.
         c.set("net/ipv4/tcp_dma_copybreak", "4096\n").unwrap();
         assert_eq!(c.tcp_dma_copybreak, Copybreak::Bytes(4096));
@@ -1587,7 +1574,6 @@ ring_size = 256
             ("net.netdma.max_inflight", "1025", "1..=1024"),
             ("net.netdma.wait_timeout_ms", "0", "1..=600000"),
             ("net.netdma.wait_timeout_ms", "600001", "1..=600000"),
-            ("net.netdma.wait_spin_us", "10001", "0..=10000"),
             ("net.netdma.cpu_fraction", "0.91", "0.0..=0.9"),
             ("net.netdma.cpu_fraction", "-0.1", "0.0..=0.9"),
             ("net.netdma.cpu_fraction", "-1", "0.0..=0.9"),
@@ -1670,7 +1656,7 @@ ring_size = 256
         assert_eq!(Copybreak::Bytes(4096).to_string(), "4096");
         assert_eq!(
             Copybreak::default(),
-            Copybreak::Bytes(DEFAULT_COPYBREAK_BYTES)
+            NetDmaConfig::default().tcp_dma_copybreak
         );
         assert_eq!(Copybreak::Bytes(7).bytes(), Some(7));
         assert!(Copybreak::Auto.is_auto());
@@ -1727,6 +1713,30 @@ ring_size = 256
                 update_copybreak_in_toml("", Copybreak::Bytes(usize::MAX)),
                 Err(ConfigError::OutOfRange { .. })
             ));
+        }
+    }
+
+    #[test]
+    fn readme_documents_every_key() {
+        let readme = include_str!("../../README.md");
+        let rows: Vec<&str> = readme.lines().filter(|l| l.starts_with("| `")).collect();
+        for k in NetDmaConfig::keys() {
+            let row = rows
+                .iter()
+                .find(|l| l.starts_with(&format!("| `{}` |", k.toml)))
+                .unwrap_or_else(|| panic!("README's configuration table lacks {}", k.toml));
+            assert!(row.contains(&format!("`{}`", k.sysctl)), "{row}");
+            assert!(row.contains(&format!("`{}`", k.env)), "{row}");
+            let run_time = if k.writable {
+                "| yes |"
+            } else {
+                "| read-only |"
+            };
+            assert!(
+                row.ends_with(run_time),
+                "{}: expected `{run_time}`: {row}",
+                k.toml
+            );
         }
     }
 

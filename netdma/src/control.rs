@@ -78,6 +78,11 @@ pub struct NetDma {
     pub(crate) dma: RwLock<DmaState>,
     pub(crate) counters: Counters,
     pub(crate) adaptive: AdaptivePolicy,
+    /// Serializes the controls that change the configuration (`set`, `enable`,
+    /// `disable`), so two of them never both start from the same old configuration and
+    /// one update is lost. Never taken on the receive path.
+    /// A plain lock: the loom models never run two controls at once.
+    control: parking_lot::Mutex<()>,
     epoch: Instant,
     /// Nanoseconds since `epoch` of the last DMA-eligible read.
     last_eligible: AtomicU64,
@@ -149,6 +154,7 @@ impl NetDma {
             dma: RwLock::new(DmaState { client }),
             counters: Counters::default(),
             adaptive: AdaptivePolicy::default(),
+            control: parking_lot::Mutex::new(()),
             epoch: Instant::now(),
             last_eligible: AtomicU64::new(0),
             engine,
@@ -177,6 +183,12 @@ impl NetDma {
 
     /// Enables offload and takes the engine client (`dmaengine_get`).
     pub fn enable(&self) -> Result<(), ControlError> {
+        let _control = self.control.lock();
+        self.enable_locked()
+    }
+
+    /// [`enable`](Self::enable), with the control lock held by the caller.
+    fn enable_locked(&self) -> Result<(), ControlError> {
         let mut dma = self.dma.write();
         if self.enabled.load(Ordering::Acquire) {
             return Err(ControlError::AlreadyEnabled);
@@ -192,6 +204,12 @@ impl NetDma {
     /// wait timeout), then drops the engine client so no device stays pinned. Reads go on,
     /// copied by the CPU.
     pub fn disable(&self) -> Result<(), ControlError> {
+        let _control = self.control.lock();
+        self.disable_locked()
+    }
+
+    /// [`disable`](Self::disable), with the control lock held by the caller.
+    fn disable_locked(&self) -> Result<(), ControlError> {
         // Once this thread waits for the write side, new reads fail `try_read` and copy
         // with the CPU; the write side is ours when the last in-flight read is done.
         let mut dma = self.dma.write();
@@ -259,14 +277,15 @@ impl NetDma {
     /// naming the key and the accepted range, and nothing changes. Setting
     /// `net.netdma.enabled` enables or disables offload (no error if already so).
     pub fn set(&self, key: &str, value: &str) -> Result<(), ControlError> {
+        let _control = self.control.lock();
         let mut candidate = self.config.read().clone();
         candidate.set(key, value)?;
         let want_enabled = candidate.enabled;
         if want_enabled != self.is_enabled() {
             if want_enabled {
-                self.enable().or_else(ignore_already)?;
+                self.enable_locked().or_else(ignore_already)?;
             } else {
-                self.disable().or_else(ignore_already)?;
+                self.disable_locked().or_else(ignore_already)?;
             }
         }
         *self.params.write() = RecvParams::from_config(&candidate);
