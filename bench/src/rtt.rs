@@ -1,6 +1,6 @@
 //! The cross-core round trip: a cache line bounced between two threads pinned to
 //! different CPUs. On this kind of machine it is ~100-150 ns when the host places the two
-//! vCPUs on cores that share a cache and ~450-500 ns when it does not (DESIGN.md), and it
+//! vCPUs on cores that share a cache and ~450-500 ns when it does not, and it
 //! bounds what handing a copy to another core can gain.
 
 use crate::stats::median;
