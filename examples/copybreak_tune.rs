@@ -10,7 +10,7 @@
 //! The chosen copybreak is the smallest S from which DMA is no worse than the CPU at S and
 //! at every larger candidate: CPU per MiB at most (1 + tolerance) times the CPU path's,
 //! and throughput at least (1 - tolerance) times. If no size qualifies, offload never
-//! pays here, and the value written means "never": 9223372036854775807 (i64::MAX, the
+//! pays here, and the value written is [`Copybreak::NEVER`] (9223372036854775807, the
 //! largest integer TOML holds, larger than any read).
 //!
 //! ```text
@@ -36,9 +36,6 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
-
-/// The copybreak written when DMA never pays: the largest TOML integer.
-const NEVER: usize = i64::MAX as usize;
 
 /// Measure CPU vs DMA receive copies and pick tcp_dma_copybreak.
 #[derive(Parser, Debug)]
@@ -307,10 +304,10 @@ fn run(args: &Args) -> Result<TuneReport, String> {
             break;
         }
     }
-    let copybreak_value = chosen.unwrap_or(NEVER);
+    let copybreak = chosen.map_or(Copybreak::NEVER, Copybreak::Bytes);
     let written = match &args.write {
         Some(path) => {
-            write_copybreak(path, copybreak_value)?;
+            write_copybreak(path, copybreak)?;
             Some(path.display().to_string())
         }
         None => None,
@@ -324,7 +321,7 @@ fn run(args: &Args) -> Result<TuneReport, String> {
         elapsed_s: started.elapsed().as_secs_f64(),
         results,
         chosen_copybreak: chosen,
-        copybreak_value,
+        copybreak_value: copybreak.bytes().unwrap_or(usize::MAX),
         written,
     })
 }
@@ -409,7 +406,7 @@ fn measure(
 }
 
 /// Sets `tcp_dma_copybreak` in `path` (created if missing), keeping everything else.
-fn write_copybreak(path: &Path, value: usize) -> Result<(), String> {
+fn write_copybreak(path: &Path, copybreak: Copybreak) -> Result<(), String> {
     let old = match std::fs::read_to_string(path) {
         Ok(s) => s,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
@@ -419,7 +416,7 @@ fn write_copybreak(path: &Path, value: usize) -> Result<(), String> {
         }
         Err(e) => return Err(format!("reading {}: {e}", path.display())),
     };
-    let new = update_copybreak_in_toml(&old, Copybreak::Bytes(value))
+    let new = update_copybreak_in_toml(&old, copybreak)
         .map_err(|e| format!("{}: {e}", path.display()))?;
     NetDmaConfig::from_toml_str(&new)
         .map_err(|e| format!("{}: the updated file would not load: {e}", path.display()))?;

@@ -39,7 +39,7 @@ pub enum RecvMode {
     /// the floor no offload can beat.
     #[serde(rename = "nocopy")]
     NoCopy,
-    /// `NetDma::recv` with the copybreak at `usize::MAX`: every read below the copybreak,
+    /// `NetDma::recv` with the copybreak at `Copybreak::NEVER`: every read below the copybreak,
     /// copied by the CPU.
     #[serde(rename = "netdma-cpu")]
     NetDmaCpu,
@@ -107,7 +107,7 @@ impl RecvMode {
         match self {
             RecvMode::Plain | RecvMode::NoCopy => None,
             RecvMode::NetDmaCpu => Some(NetDmaConfig {
-                tcp_dma_copybreak: Copybreak::Bytes(usize::MAX),
+                tcp_dma_copybreak: Copybreak::NEVER,
                 ..base
             }),
             RecvMode::NetDmaDma | RecvMode::Pipelined => Some(NetDmaConfig {

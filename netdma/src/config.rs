@@ -164,6 +164,10 @@ impl Copybreak {
     /// Linux's default threshold, 4096 bytes.
     pub const LINUX_DEFAULT: Copybreak = Copybreak::Bytes(DEFAULT_COPYBREAK_BYTES);
 
+    /// "Never offload": a threshold above any read, and the largest integer a TOML file
+    /// holds (`i64::MAX`), so it can be written to `netdma.toml` and read back.
+    pub const NEVER: Copybreak = Copybreak::Bytes(i64::MAX as usize);
+
     /// The fixed threshold, or `None` for [`Copybreak::Auto`].
     pub fn bytes(self) -> Option<usize> {
         match self {
@@ -1714,6 +1718,14 @@ ring_size = 256
                 Err(ConfigError::OutOfRange { .. })
             ));
         }
+    }
+
+    #[test]
+    fn never_round_trips_through_a_file() {
+        let doc = update_copybreak_in_toml("", Copybreak::NEVER).unwrap();
+        let c = NetDmaConfig::from_toml_str(&doc).unwrap();
+        assert_eq!(c.tcp_dma_copybreak, Copybreak::NEVER);
+        assert_eq!(Copybreak::NEVER.bytes(), Some(i64::MAX as usize));
     }
 
     #[test]

@@ -166,7 +166,7 @@ impl Report {
              with the CPU it fills {} posted buffers in turn, where `netdma-cpu` reuses one \
              hot buffer. Modes: \
              `smoltcp` = `recv_slice`; `netdma-cpu` = `NetDma::recv` with the copybreak at \
-             `usize::MAX`; `netdma-dma` = copybreak 0 (every read offloaded, 64 KiB \
+             `Copybreak::NEVER`; `netdma-dma` = copybreak 0 (every read offloaded, 64 KiB \
              descriptors); `netdma-dma-split` = the same with `cpu_fraction = 0.25`; \
              `netdma-pipelined` = `Pipeline` with {} reads of {} posted, copybreak 0; \
              `netdma-auto` and `netdma-pipelined-auto` = `NetDma::recv` and `Pipeline` with \
