@@ -21,15 +21,13 @@
 //! `--write FILE` updates only `tcp_dma_copybreak` in FILE, keeping its other keys and
 //! comments (a missing file is created). The echo server reads it with `--config FILE`.
 
-#[path = "common/mod.rs"]
-mod common;
-
 use clap::Parser;
-use common::setup::{build_netdma, DmaOptions};
-use common::size::{human_bytes, parse_size, parse_usize_at_least};
 use netdma::config::{update_copybreak_in_toml, Copybreak, NetDmaConfig};
 use netdma::pair::StackPair;
 use netdma::{thread_cpu_ns, NetDma};
+use netdma_bench::stats::median;
+use netdma_suite::setup::{build_netdma, DmaOptions};
+use netdma_suite::size::{human_bytes, parse_size, parse_usize_at_least};
 use serde::Serialize;
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -39,7 +37,7 @@ use std::time::{Duration, Instant};
 
 /// Measure CPU vs DMA receive copies and pick tcp_dma_copybreak.
 #[derive(Parser, Debug)]
-#[command(version, about, long_about = None)]
+#[command(version)]
 struct Args {
     /// Write the chosen copybreak into this netdma.toml (other keys and comments kept).
     #[arg(long, value_name = "FILE")]
@@ -334,23 +332,10 @@ fn ratio(a: f64, b: f64) -> f64 {
     }
 }
 
-fn median(mut v: Vec<f64>) -> f64 {
-    if v.is_empty() {
-        return 0.0;
-    }
-    v.sort_by(f64::total_cmp);
-    let n = v.len();
-    if n % 2 == 1 {
-        v[n / 2]
-    } else {
-        (v[n / 2 - 1] + v[n / 2]) / 2.0
-    }
-}
-
 fn summarize(samples: Vec<(f64, f64)>) -> PathResult {
     PathResult {
-        cpu_ns_per_mib: median(samples.iter().map(|s| s.0).collect()),
-        gbps: median(samples.iter().map(|s| s.1).collect()),
+        cpu_ns_per_mib: median(&mut samples.iter().map(|s| s.0).collect::<Vec<_>>()),
+        gbps: median(&mut samples.iter().map(|s| s.1).collect::<Vec<_>>()),
         samples,
     }
 }
@@ -402,7 +387,7 @@ fn measure(
     let secs = t0.elapsed().as_secs_f64();
     let cpu = thread_cpu_ns().saturating_sub(c0) as f64;
     let mib = got as f64 / (1u64 << 20) as f64;
-    Ok((cpu / mib, common::report::gbps(got, secs)))
+    Ok((cpu / mib, netdma_suite::report::gbps(got, secs)))
 }
 
 /// Sets `tcp_dma_copybreak` in `path` (created if missing), keeping everything else.

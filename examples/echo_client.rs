@@ -10,13 +10,10 @@
 //! Exit status: 0 when every byte came back intact, 1 on any mismatch or I/O error, 2 on
 //! a usage error.
 
-#[path = "common/mod.rs"]
-mod common;
-
 use clap::Parser;
-use common::pattern;
-use common::report::gbps;
-use common::size::{human_bytes, parse_size, parse_usize_at_least};
+use netdma_suite::pattern;
+use netdma_suite::report::gbps;
+use netdma_suite::size::{human_bytes, parse_size, parse_usize_at_least};
 use serde::Serialize;
 use std::io::{ErrorKind, Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpStream, ToSocketAddrs};
@@ -25,7 +22,7 @@ use std::time::{Duration, Instant};
 
 /// Echo client over the kernel's TCP: sends seeded data, verifies every echoed byte.
 #[derive(Parser, Debug)]
-#[command(version, about, long_about = None)]
+#[command(version)]
 struct Args {
     /// The echo server, HOST:PORT.
     #[arg(long, default_value = "10.77.0.1:7000")]

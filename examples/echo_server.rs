@@ -23,22 +23,19 @@
 //! that worked. Exit status: 0 on success, 1 if data was corrupted or lost or the device
 //! could not be removed, 2 on a usage or setup error.
 
-#[path = "common/mod.rs"]
-mod common;
-
 use clap::Parser;
-use common::embedded::{run_embedded, EchoConn, EmbeddedOptions};
-use common::report::{disable_and_unregister, gbps, EchoReport};
-use common::setup::{build_netdma, DmaOptions};
-use common::size::{parse_copybreak, parse_size, parse_usize_at_least};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use netdma::config::Copybreak;
 use netdma::link::{Link, PacketLink, TapLink};
 use netdma::stack::{Stack, StackConfig};
 use netdma::NetDma;
+use netdma_suite::echo::{run_embedded, EchoConn, EmbeddedOptions};
+use netdma_suite::report::{disable_and_unregister, gbps, EchoReport};
+use netdma_suite::setup::{build_netdma, DmaOptions};
+use netdma_suite::size::{parse_copybreak, parse_size, parse_usize_at_least};
 use smoltcp::iface::SocketHandle;
 use smoltcp::socket::tcp;
-use smoltcp::wire::{EthernetAddress, IpCidr, Ipv4Address};
+use smoltcp::wire::{EthernetAddress, Ipv4Cidr};
 use std::io::{IsTerminal, Write};
 use std::net::Ipv4Addr;
 use std::path::PathBuf;
@@ -49,7 +46,7 @@ use std::time::{Duration, Instant};
 
 /// DMA-accelerated TCP echo server (smoltcp + netdma).
 #[derive(Parser, Debug)]
-#[command(version, about, long_about = None)]
+#[command(version)]
 struct Args {
     /// netdma configuration file (netdma.toml); NETDMA_* variables apply on top.
     #[arg(long, value_name = "FILE")]
@@ -94,7 +91,7 @@ struct Args {
     iface: Option<String>,
     /// The server's own address and prefix on the link, e.g. 10.77.0.1/24.
     #[arg(long, value_name = "CIDR", value_parser = parse_cidr)]
-    addr: Option<(Ipv4Addr, u8)>,
+    addr: Option<Ipv4Cidr>,
     /// TCP port to listen on.
     #[arg(long, default_value_t = 7000)]
     port: u16,
@@ -133,39 +130,19 @@ fn parse_duration(s: &str) -> Result<Duration, String> {
     Duration::try_from_secs_f64(secs).map_err(|e| format!("invalid duration {s:?}: {e}"))
 }
 
-fn parse_cidr(s: &str) -> Result<(Ipv4Addr, u8), String> {
-    let (ip, len) = s
-        .split_once('/')
-        .ok_or_else(|| format!("invalid address {s:?}: expected ADDR/PREFIX, e.g. 10.77.0.1/24"))?;
-    let ip: Ipv4Addr = ip
-        .parse()
-        .map_err(|_| format!("invalid address {s:?}: {ip:?} is not an IPv4 address"))?;
-    let len: u8 = len
-        .parse()
-        .ok()
-        .filter(|l| *l <= 32)
-        .ok_or_else(|| format!("invalid address {s:?}: the prefix must be 0..=32"))?;
-    Ok((ip, len))
+fn parse_cidr(s: &str) -> Result<Ipv4Cidr, String> {
+    s.parse()
+        .map_err(|()| format!("invalid address {s:?}: expected ADDR/PREFIX, e.g. 10.77.0.1/24"))
 }
 
 fn parse_mac(s: &str) -> Result<EthernetAddress, String> {
-    let parts: Vec<&str> = s.split(':').collect();
-    let bytes: Option<Vec<u8>> = parts
-        .iter()
-        .map(|p| u8::from_str_radix(p, 16).ok().filter(|_| p.len() <= 2))
-        .collect();
-    match bytes {
-        Some(b) if b.len() == 6 => {
-            let mac = EthernetAddress::from_bytes(&b);
-            if mac.is_unicast() {
-                Ok(mac)
-            } else {
-                Err(format!("MAC {s} is not a unicast address"))
-            }
-        }
-        _ => Err(format!(
-            "invalid MAC {s:?}: expected six hex bytes, e.g. 02:00:00:77:00:01"
-        )),
+    let mac: EthernetAddress = s.parse().map_err(|()| {
+        format!("invalid MAC {s:?}: expected six hex bytes, e.g. 02:00:00:77:00:01")
+    })?;
+    if mac.is_unicast() {
+        Ok(mac)
+    } else {
+        Err(format!("MAC {s} is not a unicast address"))
     }
 }
 
@@ -247,17 +224,13 @@ fn run(args: &Args) -> Result<EchoReport, String> {
 
 /// Serves kernel clients on a TAP or AF_PACKET link until Ctrl-C or `--duration`.
 fn serve_real(args: &Args, netdma: &NetDma) -> Result<EchoReport, String> {
-    let Some((ip, prefix)) = args.addr else {
+    let Some(addr) = args.addr else {
         return Err("--addr is required with --tap and --iface".to_owned());
     };
-    let [a, b, c, d] = ip.octets();
     let config = StackConfig {
         mac: args.mac,
-        addr: IpCidr::new(Ipv4Address::new(a, b, c, d).into(), prefix),
-        gateway: args.gateway.map(|g| {
-            let [a, b, c, d] = g.octets();
-            Ipv4Address::new(a, b, c, d)
-        }),
+        addr: addr.into(),
+        gateway: args.gateway,
         random_seed: std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map(|d| d.as_nanos() as u64)
@@ -323,7 +296,9 @@ fn serve<L: Link>(
             } else {
                 "without offload"
             },
-            args.addr.map(|a| a.0.to_string()).unwrap_or_default(),
+            args.addr
+                .map(|a| a.address().to_string())
+                .unwrap_or_default(),
             args.port,
             args.listeners
         );
@@ -399,9 +374,9 @@ fn serve<L: Link>(
                 let st = netdma.stats();
                 pb.set_message(format!(
                     "{served} connection(s), {} echoed, {} by DMA, {} by CPU",
-                    common::size::human_bytes(echoed_done + live),
-                    common::size::human_bytes(st.dma_bytes),
-                    common::size::human_bytes(st.cpu_bytes)
+                    netdma_suite::size::human_bytes(echoed_done + live),
+                    netdma_suite::size::human_bytes(st.dma_bytes),
+                    netdma_suite::size::human_bytes(st.cpu_bytes)
                 ));
             }
         }

@@ -2,13 +2,10 @@
 //! smoltcp echo server reading through netdma and a smoltcp client over the in-memory
 //! link, every echoed byte verified.
 
-#[path = "../examples/common/mod.rs"]
-mod common;
-
-use common::embedded::{run_embedded, EmbeddedOptions};
-use common::report::EchoReport;
-use common::setup::{build_netdma, DmaOptions};
 use netdma::config::Copybreak;
+use netdma_suite::echo::{run_embedded, EmbeddedOptions};
+use netdma_suite::report::EchoReport;
+use netdma_suite::setup::{build_netdma, DmaOptions};
 
 fn options(read_size: usize) -> EmbeddedOptions {
     EmbeddedOptions {
@@ -117,7 +114,7 @@ fn unregister_is_refused_while_offload_is_enabled() {
     let r = EchoReport::embedded(
         &netdma,
         &options(65536),
-        common::embedded::EmbeddedOutcome {
+        netdma_suite::echo::EmbeddedOutcome {
             integrity_ok: true,
             bytes_echoed: 0,
             elapsed: std::time::Duration::ZERO,
@@ -159,12 +156,15 @@ fn json_report_has_the_documented_keys() {
 fn a_corrupted_echo_is_detected() {
     // The verifier itself: a flipped byte is reported at its stream offset.
     let mut data = vec![0u8; 10_000];
-    common::pattern::fill(9, 123, &mut data);
+    netdma_suite::pattern::fill(9, 123, &mut data);
     let mut scratch = Vec::new();
-    assert_eq!(common::pattern::verify(9, 123, &data, &mut scratch), None);
+    assert_eq!(
+        netdma_suite::pattern::verify(9, 123, &data, &mut scratch),
+        None
+    );
     data[4321] ^= 0x40;
     assert_eq!(
-        common::pattern::verify(9, 123, &data, &mut scratch),
+        netdma_suite::pattern::verify(9, 123, &data, &mut scratch),
         Some(123 + 4321)
     );
 }

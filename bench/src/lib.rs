@@ -27,13 +27,7 @@ pub const KIB: usize = 1024;
 /// 1 MiB.
 pub const MIB: usize = 1024 * 1024;
 
-/// A size as text: `64 B`, `4 KiB`, `1 MiB`.
+/// A size as text, in IEC units: `64 B`, `4.0 KiB`, `1.0 MiB`.
 pub fn fmt_size(bytes: usize) -> String {
-    if bytes >= MIB && bytes.is_multiple_of(MIB) {
-        format!("{} MiB", bytes / MIB)
-    } else if bytes >= KIB && bytes.is_multiple_of(KIB) {
-        format!("{} KiB", bytes / KIB)
-    } else {
-        format!("{bytes} B")
-    }
+    bytesize::ByteSize(bytes as u64).display().iec().to_string()
 }

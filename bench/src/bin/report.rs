@@ -8,7 +8,7 @@ use std::path::PathBuf;
 
 /// Measure dmaengine and netdma side by side and report the ratios.
 #[derive(Parser, Debug)]
-#[command(version, about)]
+#[command(version)]
 struct Args {
     /// A shorter run (under a minute).
     #[arg(long)]

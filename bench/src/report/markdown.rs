@@ -172,10 +172,10 @@ impl Report {
              `netdma-auto` and `netdma-pipelined-auto` = `NetDma::recv` and `Pipeline` with \
              `tcp_dma_copybreak = \"auto\"`; `nocopy` = consuming without copying (the \
              floor).\n\n",
-            fmt_bytes(h.auto_dma_bytes.0),
-            fmt_bytes(h.auto_dma_bytes.1),
-            fmt_bytes(h.pipelined_auto_dma_bytes.0),
-            fmt_bytes(h.pipelined_auto_dma_bytes.1),
+            fmt_size(h.auto_dma_bytes.0 as usize),
+            fmt_size(h.auto_dma_bytes.1 as usize),
+            fmt_size(h.pipelined_auto_dma_bytes.0 as usize),
+            fmt_size(h.pipelined_auto_dma_bytes.1 as usize),
             h.pipelined_auto_throughput_ratio,
             PIPELINE_DEPTH,
             PIPELINE_DEPTH,
@@ -389,8 +389,8 @@ impl Report {
                          by the CPU; what it costs is its probes of the losing path, its clock reads \
                          and lock, and run-to-run noise of a few percent on this shared machine.\n",
                         t.value,
-                        fmt_bytes(h.auto_dma_bytes.0),
-                        fmt_bytes(h.auto_dma_bytes.1)
+                        fmt_size(h.auto_dma_bytes.0 as usize),
+                        fmt_size(h.auto_dma_bytes.1 as usize)
                     );
                 }
                 "recv_below_copybreak_ratio" => {
@@ -427,12 +427,4 @@ impl Report {
 
 fn fmt_opt(v: Option<f64>) -> String {
     v.map_or_else(|| "-".to_owned(), |v| format!("{v:.2}"))
-}
-
-fn fmt_bytes(b: u64) -> String {
-    if b >= MIB as u64 {
-        format!("{:.1} MiB", b as f64 / MIB as f64)
-    } else {
-        format!("{:.1} KiB", b as f64 / KIB as f64)
-    }
 }

@@ -3,7 +3,7 @@
 //! links, and the embedded run ([`run_embedded`]): a smoltcp echo server and a smoltcp
 //! client in one process over the in-memory link, every echoed byte verified.
 
-use super::pattern;
+use crate::pattern;
 use indicatif::ProgressBar;
 use netdma::pair::StackPair;
 use netdma::{NetDma, RecvError};

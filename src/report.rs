@@ -1,7 +1,7 @@
 //! The echo server's end-of-run report: JSON (one object) or a short human table, and the
 //! final "disable netdma, then unregister its DMA device" step.
 
-use super::size::human_bytes;
+use crate::size::human_bytes;
 use dmaengine::EngineSnapshot;
 use netdma::config::NetDmaConfig;
 use netdma::{ControlError, Fallback, NetDma, RecvStats};
@@ -109,8 +109,8 @@ impl EchoReport {
     /// disables offload and unregisters the device.
     pub fn embedded(
         netdma: &NetDma,
-        opts: &super::embedded::EmbeddedOptions,
-        outcome: super::embedded::EmbeddedOutcome,
+        opts: &crate::echo::EmbeddedOptions,
+        outcome: crate::echo::EmbeddedOutcome,
     ) -> EchoReport {
         let engine = netdma.engine().snapshot();
         let recv = netdma.stats();
