@@ -9,6 +9,7 @@
 
 use clap::Parser;
 use dmaengine::{scope, Cap, ChannelId, Client, Engine, EngineSnapshot, SoftwareDevice};
+use netdma_suite::pattern;
 use serde::Serialize;
 
 #[derive(Parser, Debug)]
@@ -53,7 +54,11 @@ fn copy_batch(
         return (None, 0, rounds);
     };
     let srcs: Vec<Vec<u8>> = (0..rounds)
-        .map(|r| pattern(len, seed * 1000 + r as u64))
+        .map(|r| {
+            let mut data = vec![0u8; len];
+            pattern::fill(seed * 1000 + r as u64, 0, &mut data);
+            data
+        })
         .collect();
     let mut dsts: Vec<Vec<u8>> = vec![vec![0u8; len]; rounds];
     let outcomes: Vec<bool> = scope(|s| {
@@ -74,19 +79,6 @@ fn copy_batch(
         .filter(|(done, (dst, src))| **done && dst == src)
         .count();
     (Some(chan.id()), ok, rounds - ok)
-}
-
-/// Deterministic bytes, different per (size, round).
-fn pattern(len: usize, seed: u64) -> Vec<u8> {
-    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-    (0..len)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x as u8
-        })
-        .collect()
 }
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {

@@ -62,5 +62,8 @@ mod tests {
             fill(7, start as u64, &mut part);
             assert_eq!(part, whole[start..]);
         }
+        let mut other = vec![0u8; 1000];
+        fill(8, 0, &mut other);
+        assert_ne!(other, whole, "streams differ by seed");
     }
 }
