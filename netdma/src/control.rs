@@ -61,6 +61,9 @@ impl RecvParams {
     }
 }
 
+/// How often a receive call checks for idle release (see [`NetDma::maintain`]).
+pub const IDLE_CHECK_EVERY: u32 = 64;
+
 pub(crate) struct DmaState {
     pub(crate) client: Option<Client>,
 }
@@ -224,9 +227,14 @@ impl NetDma {
         Ok(())
     }
 
-    /// Housekeeping, to call from the poll loop: after `idle_release_ms` without a
-    /// DMA-eligible read, drops the engine client (the seed thread's "network-idle"
-    /// signal); the next eligible read takes it again. Returns whether it released.
+    /// Idle release: after `idle_release_ms` without a DMA-eligible read, drops the
+    /// engine client (the network-idle signal: the devices are no longer pinned); the
+    /// next eligible read takes it again. Returns whether it released.
+    ///
+    /// The receive path runs this by itself: every [`IDLE_CHECK_EVERY`]-th call of
+    /// [`recv`](Self::recv) on a thread, and every idle wait of the pipelined receive. An
+    /// application that stops calling either altogether (no reads at all) and still wants
+    /// the devices let go calls this from its poll loop.
     pub fn maintain(&self, now: Instant) -> bool {
         let Some(idle) = self.config.read().idle_release() else {
             return false;
@@ -245,6 +253,22 @@ impl NetDma {
         drop(client);
         tracing::debug!(?idle, "netdma idle: engine references released");
         true
+    }
+
+    /// Idle release on the receive path, so the application need not call
+    /// [`maintain`](Self::maintain): every [`IDLE_CHECK_EVERY`]-th call on a thread runs
+    /// it (a thread-local count, so the check costs no shared cache line and no clock
+    /// read on the other calls).
+    pub(crate) fn release_if_idle_now_and_then(&self) {
+        thread_local!(static CALLS: std::cell::Cell<u32> = const { std::cell::Cell::new(0) });
+        let due = CALLS.with(|calls| {
+            let n = calls.get().wrapping_add(1);
+            calls.set(n);
+            n % IDLE_CHECK_EVERY == 0
+        });
+        if due {
+            self.maintain(Instant::now());
+        }
     }
 
     /// Nanoseconds since this offload was created (the adaptive policy's clock).

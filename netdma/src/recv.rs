@@ -63,6 +63,7 @@ impl NetDma {
     /// is waiting). The data is always correct: a copy DMA could not do is redone by the
     /// CPU for exactly the affected bytes, and no wait is unbounded.
     pub fn recv(&self, socket: &mut tcp::Socket<'_>, buf: &mut [u8]) -> Result<usize, RecvError> {
+        self.release_if_idle_now_and_then();
         if socket.recv_queue() == 0 {
             // Nothing waiting: no routing, no counting (end of stream and errors included).
             return Ok(socket.recv_slice(buf)?);

@@ -286,6 +286,28 @@ fn idle_release_drops_references_and_the_next_read_takes_them_again() {
     assert!(netdma.stats().dma_bytes > dma_before, "DMA resumed lazily");
 }
 
+#[test]
+fn idle_release_happens_on_the_receive_path_without_maintain() {
+    let netdma = netdma_with(Copybreak::Bytes(4096), true);
+    netdma.set("net.netdma.idle_release_ms", "1").unwrap();
+    let (mut pair, server, client) = connected(65535);
+    let data = pattern(MIB, 9);
+    let got = stream_64k(&mut pair, server, client, &netdma, &data);
+    assert_same(&got, &data);
+    assert!(netdma.holds_client());
+    // Longer than the idle period, so the next check finds the offload idle (no timing is
+    // asserted: only that a check happens).
+    std::thread::sleep(Duration::from_millis(5));
+    let mut buf = [0u8; 1024];
+    // Reads that find nothing waiting still pass the check on their way.
+    for _ in 0..netdma::control::IDLE_CHECK_EVERY {
+        assert_eq!(netdma.recv(pair.server.tcp_mut(server), &mut buf), Ok(0));
+    }
+    assert!(!netdma.holds_client(), "idle release without maintain()");
+    assert_eq!(netdma.engine().total_references(), 0);
+    assert!(netdma.is_enabled());
+}
+
 // ---- faults -----------------------------------------------------------------------------
 
 fn netdma_over(provider: Arc<impl dmaengine::Provider>, config: NetDmaConfig) -> NetDma {
