@@ -168,3 +168,39 @@ fn a_corrupted_echo_is_detected() {
         Some(123 + 4321)
     );
 }
+
+#[test]
+fn every_accepted_mtu_completes_a_4_x_1mib_echo_with_and_without_dma() {
+    // The in-memory link pushes back when its queue is full instead of dropping, so no
+    // MTU, however small, leaves TCP waiting on loss recovery. The stall detector is
+    // generous (it catches a hang, not a slow run); nothing here is timed.
+    for mtu in [
+        68, 69, 100, 296, 576, 1000, 1280, 1500, 4000, 9000, 16384, 65535,
+    ] {
+        for no_dma in [false, true] {
+            let opts = EmbeddedOptions {
+                mtu,
+                bytes_per_connection: 1 << 20,
+                stall_timeout: std::time::Duration::from_secs(20),
+                ..options(65536)
+            };
+            let r = run(
+                DmaOptions {
+                    copybreak: Some(Copybreak::Bytes(4096)),
+                    no_dma,
+                    ..DmaOptions::default()
+                },
+                &opts,
+            );
+            assert!(
+                r.errors.is_empty(),
+                "MTU {mtu}, no_dma {no_dma}: {:?}",
+                r.errors
+            );
+            assert_clean(&r, &opts);
+            if no_dma {
+                assert_eq!(r.recv.dma_bytes, 0, "MTU {mtu}: {:?}", r.recv);
+            }
+        }
+    }
+}
