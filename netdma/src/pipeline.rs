@@ -43,9 +43,9 @@
 use crate::control::{NetDma, RecvParams};
 use crate::counters::Fallback;
 use crate::link::Link;
-use crate::recv::{RecvError, Route};
+use crate::recv::{cancel_copy, failure, RecvError, Route};
 use crate::stack::Stack;
-use dmaengine::{Channel, Cookie, SubmitError, TxStatus};
+use dmaengine::{Channel, Cookie, SubmitError, Terminated, TxStatus};
 use smoltcp::iface::SocketHandle;
 use smoltcp::socket::tcp;
 use std::collections::VecDeque;
@@ -802,7 +802,7 @@ fn fail_all(
                 if let Some(cookie) = chunk.cookie {
                     if let Err(dmaengine::WaitError::Timeout { .. }) = channel.wait(cookie, timeout)
                     {
-                        channel.terminate_all(); // afterwards it is done
+                        cancel_until_done(channel, cookie, timeout);
                     }
                     netdma.counters.in_flight_sub(chunk.dma_len);
                 }
@@ -813,6 +813,24 @@ fn fail_all(
         p.error = Some(RecvError::InvalidState);
     }
     finished.extend(reads.reads.drain(..));
+}
+
+/// Cancels a timed-out copy that must be done before the caller goes on (finishing a
+/// read, or a ring that lost its bytes): waits past the cancellation's bound if the
+/// device does not confirm in time, since the copy's memory stays lent to it until then.
+fn cancel_until_done(channel: &Channel, cookie: Cookie, timeout: Duration) -> TxStatus {
+    if cancel_copy(channel, cookie, timeout) != Terminated::Pending {
+        return channel.status(cookie).unwrap_or(TxStatus::Error);
+    }
+    loop {
+        match channel.wait(cookie, timeout) {
+            Ok(()) => return TxStatus::Complete,
+            Err(dmaengine::WaitError::Timeout { .. }) => {
+                tracing::error!(%cookie, "DMA device does not let go of a cancelled copy; waiting");
+            }
+            Err(_) => return TxStatus::Error,
+        }
+    }
 }
 
 /// What retiring the oldest read's copies found.
@@ -849,17 +867,19 @@ fn retire_read(
                     if front.submitted_at.elapsed() < timeout {
                         break; // still in flight: back to packet processing
                     }
-                    // Stuck for a whole wait timeout: cancel, then the CPU redoes it.
-                    channel.terminate_all();
+                    // Stuck for a whole wait timeout: cancel this copy alone (other
+                    // reads' copies on the channel go on), then the CPU redoes it.
+                    if cancel_copy(&channel, cookie, timeout) == Terminated::Pending {
+                        break; // not confirmed: still the device's; tried again next poll
+                    }
                     timed_out = true;
-                    TxStatus::Error
+                    channel.status(cookie).unwrap_or(TxStatus::Error)
                 } else {
                     match channel.wait(cookie, timeout) {
                         Ok(()) => TxStatus::Complete,
                         Err(dmaengine::WaitError::Timeout { .. }) => {
-                            channel.terminate_all(); // afterwards it is done
                             timed_out = true;
-                            TxStatus::Error
+                            cancel_until_done(&channel, cookie, timeout)
                         }
                         Err(_) => TxStatus::Error,
                     }
@@ -889,10 +909,10 @@ fn retire_read(
                         dma_len,
                     );
                 }
-                let reason = if timed_out {
-                    Fallback::Timeout
-                } else {
-                    Fallback::ChannelError
+                let reason = match front.cookie {
+                    _ if timed_out => Fallback::Timeout,
+                    Some(cookie) => failure(&channel, cookie),
+                    None => Fallback::ChannelError,
                 };
                 netdma.counters.cpu(dma_len);
                 netdma.counters.fallback(reason, dma_len);
