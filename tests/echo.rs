@@ -204,3 +204,55 @@ fn every_accepted_mtu_completes_a_4_x_1mib_echo_with_and_without_dma() {
         }
     }
 }
+
+/// 64 smoltcp clients connect at once to a server whose pool keeps `spare` sockets
+/// listening and holds at most `max` sockets; returns (established, refused) clients.
+fn connection_burst(spare: usize, max: usize) -> (usize, usize) {
+    use common::listeners::ListenerPool;
+    use netdma::pair::{StackPair, SERVER_ADDR};
+    use smoltcp::socket::tcp::State;
+    let StackPair {
+        mut server,
+        mut client,
+        ..
+    } = StackPair::new(1500);
+    let mut pool = ListenerPool::new(7000, spare, max, 4096, 1024);
+    pool.replenish(server.sockets_mut());
+    let handles: Vec<_> = (0..64u16)
+        .map(|i| {
+            let h = client.add_tcp_socket(4096, 4096);
+            client
+                .tcp_connect(h, (SERVER_ADDR, 7000), 40000 + i)
+                .unwrap();
+            h
+        })
+        .collect();
+    let mut settled = (0, 0);
+    for _ in 0..100_000 {
+        client.poll();
+        server.poll_each(|sockets| pool.replenish(sockets));
+        let states: Vec<State> = handles.iter().map(|&h| client.tcp_mut(h).state()).collect();
+        let established = states.iter().filter(|&&s| s == State::Established).count();
+        let refused = states.iter().filter(|&&s| s == State::Closed).count();
+        settled = (established, refused);
+        if established + refused == handles.len() {
+            break;
+        }
+    }
+    assert!(pool.slots.len() <= max, "{} sockets", pool.slots.len());
+    assert_eq!(pool.peak_connections, settled.0.min(max));
+    assert!(pool.per_connection_bytes() >= 2 * 4096 + 1024);
+    settled
+}
+
+#[test]
+fn a_burst_of_connections_is_accepted_by_a_growing_listener_pool() {
+    // Two listeners kept ready, room for 100: the pool grows between received frames, so
+    // every SYN of the burst finds a listener.
+    assert_eq!(connection_burst(2, 100), (64, 0));
+}
+
+#[test]
+fn connections_beyond_the_maximum_are_refused() {
+    assert_eq!(connection_burst(2, 10), (10, 54));
+}

@@ -4,6 +4,7 @@
 #![allow(dead_code)]
 
 pub mod embedded;
+pub mod listeners;
 pub mod pattern;
 pub mod report;
 pub mod setup;
