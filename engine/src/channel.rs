@@ -60,7 +60,10 @@ pub(crate) struct ChannelShared {
     memcpy_count: AtomicU64,
     memset_count: AtomicU64,
     bytes_transferred: AtomicU64,
-    /// Highest sequence number submitted through the engine.
+    /// The provider cancels exactly (read once): no abort bookkeeping needed.
+    exact_cancel: bool,
+    /// Highest sequence number submitted through the engine (kept only for providers
+    /// that abort whole channels).
     last_seq: AtomicU64,
     /// Sequences up to this one were covered by a whole-channel abort that a
     /// [`Channel::terminate`] of *other* transfers caused (0: never).
@@ -76,6 +79,7 @@ impl ChannelShared {
         caps: CapMask,
     ) -> Self {
         ChannelShared {
+            exact_cancel: provider.cancels_exactly(),
             id,
             device,
             index,
@@ -218,7 +222,9 @@ impl Channel {
         shared
             .bytes_transferred
             .fetch_add(desc.len() as u64, Ordering::Relaxed);
-        shared.last_seq.fetch_max(seq, Ordering::Relaxed);
+        if !shared.exact_cancel {
+            shared.last_seq.fetch_max(seq, Ordering::Relaxed);
+        }
         Ok(Cookie::new(shared.id, seq))
     }
 
@@ -282,8 +288,7 @@ impl Channel {
         if seqs.is_empty() {
             return Terminated::Exact;
         }
-        let exact = shared.provider.cancels_exactly();
-        if !exact {
+        if !shared.exact_cancel {
             // Recorded before the abort, so that an owner who sees its transfer fail also
             // sees why. Conservative: a transfer submitted after this load and aborted
             // all the same is counted as an error of its own.

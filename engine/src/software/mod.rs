@@ -167,20 +167,27 @@ impl SoftwareDevice {
     }
 }
 
+/// The worker's two cancellation checks, read before every descriptor.
+struct CancelMarks {
+    /// Descriptors up to this sequence that have not started are skipped
+    /// (`terminate_all`); only ever raised.
+    upto: AtomicU64,
+    /// `Shared::cancelled.len()`, written under its lock: zero (the usual case) means
+    /// no listed cancellation to look up.
+    listed: AtomicUsize,
+}
+
 /// Per-channel state shared by submitters, pollers and the worker.
 pub(crate) struct Shared {
     /// Highest sequence number the worker has passed (copied, failed or skipped).
     completed: CachePadded<AtomicU64>,
-    /// Descriptors up to this sequence that have not started are skipped
-    /// (`terminate_all`); only ever raised.
-    cancel_upto: CachePadded<AtomicU64>,
+    /// What the worker must skip, on a line written only by cancellations.
+    cancel: CachePadded<CancelMarks>,
     /// Highest sequence number handed out.
     submitted: AtomicU64,
     /// Sequences cancelled one by one (`Cancel::Only`) that the worker has not passed
     /// yet (a few stale ones, already passed, are swept by the canceller).
     cancelled: Mutex<Vec<u64>>,
-    /// `cancelled.len()`, written under its lock: the worker's fast check.
-    cancel_listed: AtomicUsize,
     /// Test hook: the worker holds this shared while it processes a descriptor, so a test
     /// holding it exclusively makes the device unresponsive.
     #[cfg(test)]
@@ -208,17 +215,17 @@ impl Shared {
     /// Whether the worker must skip `seq` (cancelled by watermark or by list). Called by
     /// the worker only, before it starts `seq`.
     fn take_cancelled(&self, seq: u64) -> bool {
-        if seq <= self.cancel_upto.load(Ordering::Acquire) {
+        if seq <= self.cancel.upto.load(Ordering::Acquire) {
             return true;
         }
-        if self.cancel_listed.load(Ordering::Acquire) == 0 {
+        if self.cancel.listed.load(Ordering::Acquire) == 0 {
             return false;
         }
         let mut list = self.cancelled.lock();
         match list.iter().position(|&s| s == seq) {
             Some(i) => {
                 list.swap_remove(i);
-                self.cancel_listed.store(list.len(), Ordering::Release);
+                self.cancel.listed.store(list.len(), Ordering::Release);
                 true
             }
             None => false,
@@ -257,10 +264,12 @@ impl SwChannel {
             ring_size,
             shared: Arc::new(Shared {
                 completed: CachePadded::new(AtomicU64::new(0)),
-                cancel_upto: CachePadded::new(AtomicU64::new(0)),
+                cancel: CachePadded::new(CancelMarks {
+                    upto: AtomicU64::new(0),
+                    listed: AtomicUsize::new(0),
+                }),
                 submitted: AtomicU64::new(0),
                 cancelled: Mutex::new(Vec::new()),
-                cancel_listed: AtomicUsize::new(0),
                 #[cfg(test)]
                 freeze: parking_lot::RwLock::new(()),
                 errors: Mutex::new(ErrorLog::default()),
@@ -363,7 +372,7 @@ impl SwChannel {
             Cancel::All => {
                 // Raised before the pending batch goes out: what was never issued is
                 // never run.
-                shared.cancel_upto.fetch_max(last, Ordering::AcqRel);
+                shared.cancel.upto.fetch_max(last, Ordering::AcqRel);
                 last
             }
             Cancel::Only(seqs) => {
@@ -374,7 +383,7 @@ impl SwChannel {
                     list.push(seq);
                     upto = upto.max(seq);
                 }
-                shared.cancel_listed.store(list.len(), Ordering::Release);
+                shared.cancel.listed.store(list.len(), Ordering::Release);
                 upto
             }
         };
@@ -389,7 +398,7 @@ impl SwChannel {
             let passed = shared.completed.load(Ordering::Acquire);
             let mut list = shared.cancelled.lock();
             list.retain(|&s| s > passed);
-            shared.cancel_listed.store(list.len(), Ordering::Release);
+            shared.cancel.listed.store(list.len(), Ordering::Release);
         }
         if confirmed {
             Terminated::Exact

@@ -56,7 +56,7 @@ fn cancelling_some_descriptors_leaves_the_others_to_run() {
     assert_eq!(dst[3], src[3]);
     assert_eq!(dev.error_count(0), 2, "only the cancelled ones failed");
     // Nothing stays listed: later descriptors run.
-    assert_eq!(dev.chan(0).shared.cancel_listed.load(Ordering::Relaxed), 0);
+    assert_eq!(dev.chan(0).shared.cancel.listed.load(Ordering::Relaxed), 0);
     let mut late = vec![0u8; 64];
     // SAFETY: waited for below.
     let seq = unsafe { submit_copy(&dev, 0, &mut late, &src[3][..64]) };
@@ -171,5 +171,5 @@ fn many_threads_cancel_their_own_copies_and_never_anyone_elses() {
     for t in threads {
         t.join().unwrap();
     }
-    assert_eq!(dev.chan(0).shared.cancel_listed.load(Ordering::Relaxed), 0);
+    assert_eq!(dev.chan(0).shared.cancel.listed.load(Ordering::Relaxed), 0);
 }
