@@ -698,7 +698,7 @@ fn one_reads_timeout_leaves_another_sockets_copies_on_the_same_channel_alone() {
     // times out it is cancelled alone: B's copies then run on the engine, B's read
     // completes by DMA, and the only fallback counted is A's timeout.
     let mut cfg = config(Copybreak::Bytes(4096));
-    cfg.wait.timeout_ms = 400;
+    cfg.wait.timeout_ms = 1000;
     let (device, netdma) = faulty(1, FaultPlan::default(), cfg);
     let mut pair = StackPair::new(65535);
     let (a_srv, a_cli) = pair.connect(MIB, MIB).unwrap();
@@ -733,8 +733,9 @@ fn one_reads_timeout_leaves_another_sockets_copies_on_the_same_channel_alone() {
         len as u64,
         "A's copies wait"
     );
-    // B's copies go in later, so that their own deadline is well after A's.
-    std::thread::sleep(Duration::from_millis(200));
+    // B's copies go in half a timeout later, so that their own deadline is well after
+    // A's (a margin against scheduling delays, not a measurement).
+    std::thread::sleep(Duration::from_millis(500));
     pipeline.post_recv(b_srv, vec![0; len], len).unwrap();
     for _ in 0..10 {
         pipeline.poll();

@@ -514,8 +514,11 @@ fn two_readers_one_stalled_channel(
     provider: Arc<impl dmaengine::Provider>,
     stall: impl FnOnce(),
 ) -> netdma::RecvStats {
+    // Generous margins, so that scheduling delays cannot reorder the events: B submits
+    // half a timeout after A, and has half a timeout left when A's cancellation lets its
+    // copy run.
     let mut config = copybreak_4k();
-    config.wait.timeout_ms = 400;
+    config.wait.timeout_ms = 2000;
     let netdma = Arc::new(netdma_over(provider, config));
     let len = 64 * 1024;
     let (mut pa, sa, da) = pair_holding(len, 60);
@@ -533,7 +536,7 @@ fn two_readers_one_stalled_channel(
         })
     };
     let a = reader(pa, sa, da, Duration::ZERO);
-    let b = reader(pb, sb, db, Duration::from_millis(200));
+    let b = reader(pb, sb, db, Duration::from_millis(1000));
     pa = a.join().unwrap();
     pb = b.join().unwrap();
     drop((pa, pb));
