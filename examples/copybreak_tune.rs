@@ -265,7 +265,8 @@ fn run(args: &Args) -> Result<TuneReport, String> {
     result?;
     let stats = netdma.stats();
     let _ = netdma.disable();
-    if stats.fallback.channel_error + stats.fallback.timeout + stats.fallback.no_channel > 0 {
+    let f = &stats.fallback;
+    if f.channel_error + f.timeout + f.aborted + f.no_channel > 0 {
         eprintln!(
             "copybreak_tune: warning: some DMA reads fell back to the CPU: {:?}",
             stats.fallback

@@ -65,8 +65,13 @@ struct ClientReport {
     bytes_echoed: u64,
     elapsed_s: f64,
     throughput_gbps: f64,
+    /// Connection attempts the server refused (each retried until --connect-timeout).
+    refused: u64,
     errors: Vec<String>,
 }
+
+/// Connection attempts refused so far, over all connections.
+static REFUSED: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
 
 fn secs(name: &str, v: f64) -> Result<Duration, String> {
     Duration::try_from_secs_f64(v).map_err(|e| format!("--{name} {v}: {e}"))
@@ -129,6 +134,7 @@ fn main() -> ExitCode {
         bytes_echoed,
         elapsed_s: elapsed,
         throughput_gbps: gbps(bytes_echoed, elapsed),
+        refused: REFUSED.load(std::sync::atomic::Ordering::Relaxed),
         errors,
     };
     if args.json {
@@ -141,13 +147,14 @@ fn main() -> ExitCode {
     } else {
         let _ = writeln!(
             std::io::stdout(),
-            "echo_client: {} connection(s) x {} to {}: {} echoed in {:.3} s = {:.2} Gbit/s, integrity {}",
+            "echo_client: {} connection(s) x {} to {}: {} echoed in {:.3} s = {:.2} Gbit/s, {} refused attempt(s), integrity {}",
             report.connections,
             human_bytes(report.bytes_per_connection),
             report.server,
             human_bytes(report.bytes_echoed),
             report.elapsed_s,
             report.throughput_gbps,
+            report.refused,
             if report.integrity_ok { "OK" } else { "FAILED" }
         );
     }
@@ -165,7 +172,13 @@ fn main() -> ExitCode {
 fn connect(server: SocketAddr, timeout: Duration) -> Result<TcpStream, String> {
     let deadline = Instant::now() + timeout;
     loop {
-        match TcpStream::connect_timeout(&server, Duration::from_secs(2)) {
+        let attempt = TcpStream::connect_timeout(&server, Duration::from_secs(2));
+        if let Err(e) = &attempt {
+            if e.kind() == ErrorKind::ConnectionRefused {
+                REFUSED.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            }
+        }
+        match attempt {
             Ok(s) => return Ok(s),
             Err(_) if Instant::now() < deadline => {
                 std::thread::sleep(Duration::from_millis(100));

@@ -19,6 +19,15 @@
 //! echo_server --iface veth0 --addr 10.77.0.1/24         # AF_PACKET on an interface
 //! ```
 //!
+//! On a real link it keeps `--listeners` sockets listening and adds more between received
+//! frames as clients take them, so a burst of connections is accepted, up to
+//! `--max-connections` (default 1024) at once; a client beyond that is refused. Each
+//! connection holds two socket rings of `--socket-buffer` bytes and a read buffer of
+//! `--read-size` bytes, so the connections' memory is bounded by `--max-connections` x
+//! (2 x `--socket-buffer` + `--read-size`); finished connections' sockets beyond the
+//! listeners are freed. The report's `memory` object gives these figures and the peak
+//! resident memory of the run.
+//!
 //! At the end it disables netdma and unregisters the DMA device; the report says whether
 //! that worked. Exit status: 0 on success, 1 if data was corrupted or lost or the device
 //! could not be removed, 2 on a usage or setup error.
@@ -29,11 +38,11 @@ use netdma::config::Copybreak;
 use netdma::link::{Link, PacketLink, TapLink};
 use netdma::stack::{Stack, StackConfig};
 use netdma::NetDma;
-use netdma_suite::echo::{run_embedded, EchoConn, EmbeddedOptions};
-use netdma_suite::report::{disable_and_unregister, gbps, EchoReport};
+use netdma_suite::echo::{run_embedded, EmbeddedOptions};
+use netdma_suite::listeners::{peak_rss_bytes, ListenerPool};
+use netdma_suite::report::{disable_and_unregister, gbps, EchoReport, ServerMemory};
 use netdma_suite::setup::{build_netdma, DmaOptions};
 use netdma_suite::size::{parse_copybreak, parse_size, parse_usize_at_least};
-use smoltcp::iface::SocketHandle;
 use smoltcp::socket::tcp;
 use smoltcp::wire::{EthernetAddress, Ipv4Cidr};
 use std::io::{IsTerminal, Write};
@@ -101,10 +110,16 @@ struct Args {
     /// The smoltcp interface's own MAC address.
     #[arg(long, value_name = "MAC", default_value = "02:00:00:77:00:01", value_parser = parse_mac)]
     mac: EthernetAddress,
-    /// Real links: listening sockets kept on the port (the most clients served at once).
+    /// Real links: listening sockets kept ready on the port; the pool grows as clients
+    /// take them, up to --max-connections.
     #[arg(long, value_name = "N", default_value_t = 16,
           value_parser = clap::value_parser!(u32).range(1..=4096))]
     listeners: u32,
+    /// Real links: the most connections served at once; a client beyond them is refused.
+    /// Buffer memory is bounded by this times (2 x --socket-buffer + --read-size).
+    #[arg(long, value_name = "N", default_value_t = 1024,
+          value_parser = clap::value_parser!(u32).range(1..=65536))]
+    max_connections: u32,
     /// Real links: stop after this many seconds (default: run until Ctrl-C).
     #[arg(long, value_name = "SECS", value_parser = parse_duration)]
     duration: Option<Duration>,
@@ -259,13 +274,6 @@ fn serve_real(args: &Args, netdma: &NetDma) -> Result<EchoReport, String> {
     }
 }
 
-/// One listening socket of the pool.
-struct Slot {
-    handle: SocketHandle,
-    conn: EchoConn,
-    active: bool,
-}
-
 fn serve<L: Link>(
     mut stack: Stack<L>,
     mode: &str,
@@ -274,23 +282,21 @@ fn serve<L: Link>(
     netdma: &NetDma,
     stop: &AtomicBool,
 ) -> Result<EchoReport, String> {
-    let mut pool = Vec::new();
-    for _ in 0..args.listeners {
-        let handle = stack.add_tcp_socket(args.socket_buffer, args.socket_buffer);
-        stack
-            .tcp_mut(handle)
-            .listen(args.port)
-            .map_err(|e| format!("listen on port {}: {e}", args.port))?;
-        pool.push(Slot {
-            handle,
-            conn: EchoConn::new(args.read_size),
-            active: false,
-        });
+    let mut pool = ListenerPool::new(
+        args.port,
+        args.listeners as usize,
+        args.max_connections as usize,
+        args.socket_buffer,
+        args.read_size,
+    );
+    pool.replenish(stack.sockets_mut());
+    if let Some(e) = pool.error.take() {
+        return Err(e);
     }
     // Always on stderr (scripts wait for this line), even with --json.
     {
         eprintln!(
-            "echo_server: serving {} on {}:{} over {mode} (MTU {mtu}, {} listeners); Ctrl-C stops",
+            "echo_server: serving {} on {}:{} over {mode} (MTU {mtu}, {} listeners, at most {} connections); Ctrl-C stops",
             if netdma.is_enabled() {
                 "with DMA offload"
             } else {
@@ -300,7 +306,8 @@ fn serve<L: Link>(
                 .map(|a| a.address().to_string())
                 .unwrap_or_default(),
             args.port,
-            args.listeners
+            args.listeners,
+            args.max_connections
         );
     }
     let spinner = (!args.json && std::io::stderr().is_terminal()).then(|| {
@@ -321,25 +328,30 @@ fn serve<L: Link>(
         if deadline.is_some_and(|d| now >= d) {
             break;
         }
-        let mut busy = stack.poll();
-        for (i, slot) in pool.iter_mut().enumerate() {
-            let sock = stack.tcp_mut(slot.handle);
-            match sock.state() {
-                tcp::State::Listen | tcp::State::SynReceived => {}
+        // Listeners are topped up between received frames: a burst of SYNs finds them.
+        let mut busy = stack.poll_each(|sockets| pool.replenish(sockets));
+        for i in 0..pool.slots.len() {
+            let sock = stack.tcp_mut(pool.slots[i].handle);
+            let state = sock.state();
+            match state {
+                tcp::State::Listen => pool.saw_listening(i),
+                tcp::State::SynReceived => {}
                 tcp::State::Closed | tcp::State::TimeWait => {
-                    // The connection is over: re-arm the socket for the next client.
-                    if slot.active {
-                        echoed_done += slot.conn.echoed;
-                        slot.active = false;
+                    let slot = &pool.slots[i];
+                    if slot.active || state == tcp::State::TimeWait || pool.is_armed(i) {
+                        // The connection is over: re-arm the socket for the next client,
+                        // or free it (`reap`) if enough others listen.
+                        if slot.active {
+                            echoed_done += slot.conn.echoed;
+                        }
+                        if let Err(e) = pool.finished(i, sock) {
+                            errors.push(e);
+                        }
+                        busy = true;
                     }
-                    slot.conn.reset();
-                    sock.abort();
-                    if let Err(e) = sock.listen(args.port) {
-                        errors.push(format!("re-listen on slot {i}: {e}"));
-                    }
-                    busy = true;
                 }
                 _ => {
+                    let slot = &mut pool.slots[i];
                     if !slot.active {
                         slot.active = true;
                         served += 1;
@@ -362,11 +374,16 @@ fn serve<L: Link>(
                 }
             }
         }
+        pool.reap(stack.sockets_mut());
+        if let Some(e) = pool.error.take() {
+            errors.push(e);
+        }
         netdma.maintain(now);
         if let Some(pb) = &spinner {
             if now.duration_since(last_ui) > Duration::from_millis(200) {
                 last_ui = now;
                 let live: u64 = pool
+                    .slots
                     .iter()
                     .filter(|s| s.active)
                     .map(|s| s.conn.echoed)
@@ -395,6 +412,7 @@ fn serve<L: Link>(
         pb.finish_and_clear();
     }
     let live: u64 = pool
+        .slots
         .iter()
         .filter(|s| s.active)
         .map(|s| s.conn.echoed)
@@ -407,6 +425,15 @@ fn serve<L: Link>(
     let recv = netdma.stats();
     let config = netdma.config();
     let after_disable = disable_and_unregister(netdma);
+    let memory = ServerMemory {
+        max_connections: pool.max_connections(),
+        listeners: args.listeners as usize,
+        peak_connections: pool.peak_connections,
+        peak_sockets: pool.peak_sockets,
+        per_connection_bytes: pool.per_connection_bytes(),
+        bound_bytes: pool.max_connections() as u64 * pool.per_connection_bytes() as u64,
+        peak_rss_bytes: peak_rss_bytes(),
+    };
     Ok(EchoReport {
         mode: mode.to_owned(),
         integrity_ok: errors.is_empty(),
@@ -423,5 +450,6 @@ fn serve<L: Link>(
         recv,
         engine,
         after_disable,
+        memory: Some(memory),
     })
 }

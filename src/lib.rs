@@ -3,6 +3,8 @@
 //!
 //! - [`echo`]: the echo server's per-connection state and the embedded run (a smoltcp
 //!   echo server and client in one process, every byte verified).
+//! - [`listeners`]: the echo server's pool of listening sockets, grown up to a maximum
+//!   number of connections.
 //! - [`report`]: the echo server's end-of-run report, and the final disable-and-unregister.
 //! - [`setup`]: a [`netdma::NetDma`] from a config file, `NETDMA_*` variables and flags.
 //! - [`pattern`]: seeded, position-addressable test data.
@@ -13,6 +15,7 @@ pub use dmaengine;
 pub use netdma;
 
 pub mod echo;
+pub mod listeners;
 pub mod pattern;
 pub mod report;
 pub mod setup;

@@ -93,6 +93,28 @@ pub struct EchoReport {
     pub engine: EngineSnapshot,
     /// The disable and device removal at the end.
     pub after_disable: AfterDisable,
+    /// Real links: the server's connections and memory (absent in embedded mode).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub memory: Option<ServerMemory>,
+}
+
+/// A real-link server's connections and memory (see [`crate::listeners`]).
+#[derive(Clone, Debug, Serialize)]
+pub struct ServerMemory {
+    /// The most connections served at once (`--max-connections`).
+    pub max_connections: usize,
+    /// Listening sockets kept ready (`--listeners`).
+    pub listeners: usize,
+    /// Most connections open at once in this run.
+    pub peak_connections: usize,
+    /// Most sockets (connections and listeners) held at once.
+    pub peak_sockets: usize,
+    /// Buffer bytes one connection holds: two socket rings, the read buffer, the socket.
+    pub per_connection_bytes: usize,
+    /// `max_connections * per_connection_bytes`: the most the connections can hold.
+    pub bound_bytes: u64,
+    /// The process's peak resident memory (`VmHWM`), if the kernel reports it.
+    pub peak_rss_bytes: Option<u64>,
 }
 
 /// Gbit/s for `bytes` in `secs`.
@@ -133,6 +155,7 @@ impl EchoReport {
             recv,
             engine,
             after_disable,
+            memory: None,
         }
     }
 
@@ -247,6 +270,18 @@ impl EchoReport {
                 .map(|e| format!(" ({e})"))
                 .unwrap_or_default()
         );
+        if let Some(m) = &self.memory {
+            let _ = writeln!(
+                o,
+                "  connections       peak {} of at most {} ({} listeners kept ready), {} per connection, bound {}, peak RSS {}",
+                m.peak_connections,
+                m.max_connections,
+                m.listeners,
+                human_bytes(m.per_connection_bytes as u64),
+                human_bytes(m.bound_bytes),
+                m.peak_rss_bytes.map(human_bytes).unwrap_or_else(|| "unknown".to_owned())
+            );
+        }
         for e in &self.errors {
             let _ = writeln!(o, "  error: {e}");
         }

@@ -168,3 +168,91 @@ fn a_corrupted_echo_is_detected() {
         Some(123 + 4321)
     );
 }
+
+#[test]
+fn every_accepted_mtu_completes_a_4_x_1mib_echo_with_and_without_dma() {
+    // The in-memory link pushes back when its queue is full instead of dropping, so no
+    // MTU, however small, leaves TCP waiting on loss recovery. The stall detector is
+    // generous (it catches a hang, not a slow run); nothing here is timed.
+    for mtu in [
+        68, 69, 100, 296, 576, 1000, 1280, 1500, 4000, 9000, 16384, 65535,
+    ] {
+        for no_dma in [false, true] {
+            let opts = EmbeddedOptions {
+                mtu,
+                bytes_per_connection: 1 << 20,
+                stall_timeout: std::time::Duration::from_secs(20),
+                ..options(65536)
+            };
+            let r = run(
+                DmaOptions {
+                    copybreak: Some(Copybreak::Bytes(4096)),
+                    no_dma,
+                    ..DmaOptions::default()
+                },
+                &opts,
+            );
+            assert!(
+                r.errors.is_empty(),
+                "MTU {mtu}, no_dma {no_dma}: {:?}",
+                r.errors
+            );
+            assert_clean(&r, &opts);
+            if no_dma {
+                assert_eq!(r.recv.dma_bytes, 0, "MTU {mtu}: {:?}", r.recv);
+            }
+        }
+    }
+}
+
+/// 64 smoltcp clients connect at once to a server whose pool keeps `spare` sockets
+/// listening and holds at most `max` sockets; returns (established, refused) clients.
+fn connection_burst(spare: usize, max: usize) -> (usize, usize) {
+    use netdma::pair::{StackPair, SERVER_ADDR};
+    use netdma_suite::listeners::ListenerPool;
+    use smoltcp::socket::tcp::State;
+    let StackPair {
+        mut server,
+        mut client,
+        ..
+    } = StackPair::new(1500);
+    let mut pool = ListenerPool::new(7000, spare, max, 4096, 1024);
+    pool.replenish(server.sockets_mut());
+    let handles: Vec<_> = (0..64u16)
+        .map(|i| {
+            let h = client.add_tcp_socket(4096, 4096);
+            client
+                .tcp_connect(h, (SERVER_ADDR, 7000), 40000 + i)
+                .unwrap();
+            h
+        })
+        .collect();
+    let mut settled = (0, 0);
+    for _ in 0..100_000 {
+        client.poll();
+        server.poll_each(|sockets| pool.replenish(sockets));
+        let states: Vec<State> = handles.iter().map(|&h| client.tcp_mut(h).state()).collect();
+        let established = states.iter().filter(|&&s| s == State::Established).count();
+        let refused = states.iter().filter(|&&s| s == State::Closed).count();
+        settled = (established, refused);
+        if established + refused == handles.len() {
+            break;
+        }
+    }
+    assert!(pool.slots.len() <= max, "{} sockets", pool.slots.len());
+    assert_eq!(pool.peak_connections, settled.0.min(max));
+    assert!(pool.per_connection_bytes() >= 2 * 4096 + 1024);
+    settled
+}
+
+#[test]
+fn a_burst_of_connections_is_accepted_by_a_growing_listener_pool() {
+    // Two listeners kept ready, room for 100: the pool grows between received frames, so
+    // every SYN of the burst finds a listener.
+    assert_eq!(connection_burst(2, 100), (64, 0));
+}
+
+#[test]
+fn connections_beyond_the_maximum_are_refused() {
+    assert_eq!(connection_burst(2, 10), (10, 54));
+}

@@ -76,3 +76,83 @@ fn echo_over_veth_mtu_9000() {
 fn echo_over_tap_with_linux_tcp_client() {
     run_script(&["tap"]);
 }
+
+/// Runs scripts/netns-echo.sh with `args` like [`run_script`], and returns the client's
+/// and the server's JSON reports (the script prints them as `client: {...}` and
+/// `server: {...}`).
+fn run_script_reports(args: &[&str]) -> (serde_json::Value, serde_json::Value) {
+    if !is_root() || !has("ip") {
+        panic!(
+            "SKIPPED is not a pass: the network-namespace echo tests need root and iproute2 \
+             (`ip`); run them as root, e.g. through scripts/test.sh"
+        );
+    }
+    let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("scripts/netns-echo.sh");
+    let mut cmd = Command::new("bash");
+    cmd.arg(&script).args(args);
+    if let Some(dir) = target_dir() {
+        cmd.env("CARGO_TARGET_DIR", dir);
+    }
+    if let Ok(cargo) = std::env::var("CARGO") {
+        cmd.env("CARGO", cargo);
+    }
+    cmd.stderr(std::process::Stdio::inherit());
+    let out = cmd.output().expect("running scripts/netns-echo.sh");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    print!("{stdout}");
+    assert!(
+        out.status.success(),
+        "scripts/netns-echo.sh {args:?} failed: {}",
+        out.status
+    );
+    let report = |who: &str| -> serde_json::Value {
+        let line = stdout
+            .lines()
+            .find_map(|l| l.strip_prefix(&format!("{who}: ")))
+            .unwrap_or_else(|| panic!("no {who} report in the script's output"));
+        serde_json::from_str(line).unwrap_or_else(|e| panic!("{who} report: {e}: {line}"))
+    };
+    (report("client"), report("server"))
+}
+
+#[test]
+#[ignore = "needs root and iproute2: cargo test --release --test netns -- --ignored"]
+fn echo_over_veth_256_concurrent_kernel_clients_all_accepted() {
+    // 256 Linux TCP clients connect at once (a SYN burst) and echo 1 MiB each: every
+    // connection is accepted (the listener pool grows between received frames), every
+    // byte verified by the clients, and the server reports its peak memory.
+    let clients = 256u64;
+    let bytes = 1u64 << 20;
+    let (client, server) = run_script_reports(&[
+        "veth",
+        "--connections",
+        "256",
+        "--bytes",
+        "1MiB",
+        "--",
+        "--socket-buffer",
+        "256KiB",
+    ]);
+    assert_eq!(client["integrity_ok"], true, "{client}");
+    assert_eq!(client["errors"], serde_json::json!([]), "{client}");
+    assert_eq!(client["refused"], 0, "connections refused: {client}");
+    assert_eq!(client["bytes_echoed"], clients * bytes, "{client}");
+    assert_eq!(server["integrity_ok"], true, "{}", server["errors"]);
+    assert_eq!(server["connections"], clients, "connections served");
+    assert_eq!(server["bytes_echoed"], clients * bytes);
+    let memory = &server["memory"];
+    let peak = memory["peak_connections"]
+        .as_u64()
+        .expect("peak_connections");
+    assert!(
+        peak <= memory["max_connections"].as_u64().unwrap(),
+        "{memory}"
+    );
+    let per_connection = memory["per_connection_bytes"].as_u64().unwrap();
+    assert!(per_connection >= 2 * 256 * 1024, "{memory}");
+    println!(
+        "256 clients: peak {peak} connections at once, {per_connection} B per connection, \
+         server peak RSS {} B",
+        memory["peak_rss_bytes"]
+    );
+}

@@ -45,12 +45,12 @@ fn tiny_report_has_every_key_and_renders() {
         assert!(v.is_finite() && v > 0.0, "{row}");
     }
     let md = report.to_markdown("bench/throughput.svg");
+    for section in ["## Machine", "## Cross-core round trip", "## Ring hand-off"] {
+        assert!(md.contains(section), "BENCHMARKS.md misses {section:?}");
+    }
     assert!(
-        md.contains("## Machine") && md.contains("cross_core_rtt") || md.contains("round trip")
-    );
-    assert!(
-        md.contains("## Ring hand-off"),
-        "BENCHMARKS.md misses the hand-off"
+        md.contains("cross_core_rtt_ns"),
+        "BENCHMARKS.md misses the rtt key"
     );
     for key in [
         "recv_dma_throughput_ratio",
@@ -60,9 +60,16 @@ fn tiny_report_has_every_key_and_renders() {
         assert!(md.contains(key), "BENCHMARKS.md misses {key}");
     }
     let svg = report.svg().expect("plot renders");
+    let svg_text = svg.trim();
     assert!(
-        svg.starts_with("<svg") || svg.contains("<svg"),
-        "not an SVG"
+        svg_text.starts_with("<svg") && svg_text.ends_with("</svg>"),
+        "not one SVG document: {:?}...",
+        &svg_text[..svg_text.len().min(80)]
+    );
+    assert_eq!(
+        svg_text.matches("<svg").count(),
+        1,
+        "nested or repeated SVG"
     );
     assert!(
         svg.contains("<polyline") || svg.contains("<path"),

@@ -1,6 +1,6 @@
 //! Channels (`struct dma_chan`): submit, issue, status, wait, counters.
 
-use crate::provider::{Descriptor, Provider, ProviderSubmitError};
+use crate::provider::{Cancel, Descriptor, Provider, ProviderSubmitError, Terminated};
 use crate::sync::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use crate::{CapMask, Cookie, DeviceId, SubmitError, TxStatus, WaitError};
 use serde::Serialize;
@@ -60,6 +60,14 @@ pub(crate) struct ChannelShared {
     memcpy_count: AtomicU64,
     memset_count: AtomicU64,
     bytes_transferred: AtomicU64,
+    /// The provider cancels exactly (read once): no abort bookkeeping needed.
+    exact_cancel: bool,
+    /// Highest sequence number submitted through the engine (kept only for providers
+    /// that abort whole channels).
+    last_seq: AtomicU64,
+    /// Sequences up to this one were covered by a whole-channel abort that a
+    /// [`Channel::terminate`] of *other* transfers caused (0: never).
+    aborted_upto: AtomicU64,
 }
 
 impl ChannelShared {
@@ -71,6 +79,7 @@ impl ChannelShared {
         caps: CapMask,
     ) -> Self {
         ChannelShared {
+            exact_cancel: provider.cancels_exactly(),
             id,
             device,
             index,
@@ -84,6 +93,8 @@ impl ChannelShared {
             memcpy_count: AtomicU64::new(0),
             memset_count: AtomicU64::new(0),
             bytes_transferred: AtomicU64::new(0),
+            last_seq: AtomicU64::new(0),
+            aborted_upto: AtomicU64::new(0),
         }
     }
 
@@ -211,6 +222,9 @@ impl Channel {
         shared
             .bytes_transferred
             .fetch_add(desc.len() as u64, Ordering::Relaxed);
+        if !shared.exact_cancel {
+            shared.last_seq.fetch_max(seq, Ordering::Relaxed);
+        }
         Ok(Cookie::new(shared.id, seq))
     }
 
@@ -250,21 +264,78 @@ impl Channel {
     }
 
     /// Cancels every transfer submitted on this channel (`dmaengine_terminate_all`). When
-    /// it returns, each of them is done (complete or failed) and its memory is free.
+    /// it returns, each of them is done (complete or failed) and its memory is free. It
+    /// returns only once the device has confirmed; [`terminate`](Channel::terminate)
+    /// cancels only some transfers, with a bound on the wait.
     pub fn terminate_all(&self) {
         self.0.provider.terminate_all(self.0.index)
     }
 
-    /// Waits for `cookie`; on timeout cancels the channel's work so that the memory is
-    /// released either way. Used by the safe APIs.
+    /// Cancels `cookies` (transfers of this channel; others are ignored) and waits at most
+    /// `timeout` for the device to confirm. The channel's other transfers go on where the
+    /// device can cancel exactly ([`Terminated::Exact`]); a device that can only abort the
+    /// whole channel aborts them too ([`Terminated::WholeChannel`]), and
+    /// [`aborted_for_others`](Channel::aborted_for_others) then tells their owners why
+    /// they failed. With [`Terminated::Pending`] the device did not confirm in time: the
+    /// memory of the transfers not yet done stays lent to it.
+    pub fn terminate(&self, cookies: &[Cookie], timeout: Duration) -> Terminated {
+        let shared = &*self.0;
+        let seqs: Vec<u64> = cookies
+            .iter()
+            .filter(|c| c.channel() == shared.id)
+            .map(|c| c.seq())
+            .collect();
+        if seqs.is_empty() {
+            return Terminated::Exact;
+        }
+        if !shared.exact_cancel {
+            // Recorded before the abort, so that an owner who sees its transfer fail also
+            // sees why. Conservative: a transfer submitted after this load and aborted
+            // all the same is counted as an error of its own.
+            let last = shared.last_seq.load(Ordering::Relaxed);
+            shared.aborted_upto.fetch_max(last, Ordering::AcqRel);
+        }
+        let deadline = Instant::now() + timeout;
+        shared
+            .provider
+            .terminate_within(shared.index, Cancel::Only(&seqs), deadline)
+    }
+
+    /// Whether `cookie`'s transfer was covered by a whole-channel abort that a
+    /// [`terminate`](Channel::terminate) of *other* transfers caused (a device that cannot
+    /// cancel exactly). Its failure is then that abort's doing, not a fault of its own.
+    /// Always `false` on devices that cancel exactly.
+    pub fn aborted_for_others(&self, cookie: Cookie) -> bool {
+        cookie.channel() == self.0.id && cookie.seq() <= self.0.aborted_upto.load(Ordering::Acquire)
+    }
+
+    /// Cancels `cookie` alone and returns its final status; if the device does not confirm
+    /// within `timeout`, keeps waiting (warning each `timeout`): the caller's memory is
+    /// lent until the device lets go of it. Used by the safe APIs.
+    pub(crate) fn cancel_and_wait(&self, cookie: Cookie, timeout: Duration) -> TxStatus {
+        if self.terminate(&[cookie], timeout) != Terminated::Pending {
+            // Rule 5 of `Provider`: the cookie is done.
+            return self.0.provider.tx_status(self.0.index, cookie.seq());
+        }
+        let started = Instant::now();
+        loop {
+            let deadline = Instant::now() + timeout.max(Duration::from_millis(1));
+            let status = self.0.provider.wait(self.0.index, cookie.seq(), deadline);
+            if status.is_done() {
+                return status;
+            }
+            tracing::error!(%cookie, waited = ?started.elapsed(), "DMA device does not confirm a cancellation; the buffers stay lent to it");
+        }
+    }
+
+    /// Waits for `cookie`; on timeout cancels it (and only it, where the device can) so
+    /// that the memory is released either way. Used by the safe APIs.
     pub(crate) fn wait_or_terminate(&self, cookie: Cookie, timeout: Duration) -> TxStatus {
         match self.wait(cookie, timeout) {
             Ok(()) => TxStatus::Complete,
             Err(WaitError::Timeout { .. }) => {
-                tracing::warn!(%cookie, ?timeout, "DMA transfer timed out; terminating channel");
-                self.terminate_all();
-                // Rule 2 of `Provider`: after terminate_all the cookie is done.
-                self.0.provider.tx_status(self.0.index, cookie.seq())
+                tracing::warn!(%cookie, ?timeout, "DMA transfer timed out; cancelling it");
+                self.cancel_and_wait(cookie, timeout)
             }
             Err(_) => TxStatus::Error,
         }

@@ -121,8 +121,56 @@ impl Engine {
     /// finish or complete with an error, its channels refuse new work, the table is
     /// rebalanced, and clients go on with the remaining channels. Returns how many
     /// references it dropped.
+    ///
+    /// The device leaves the engine under the engine lock; its transfers are then
+    /// cancelled and its resources freed *outside* it, so a device that does not answer
+    /// holds up only this call, never the rest of the engine. To bound this call too,
+    /// use [`remove_device_within`](Engine::remove_device_within).
     pub fn remove_device(&self, device: DeviceId) -> Result<usize, UnregisterError> {
-        self.inner.remove(device)
+        let (dev, references) = self.inner.detach(device)?;
+        teardown(&dev, None);
+        Ok(references)
+    }
+
+    /// [`remove_device`](Engine::remove_device), waiting at most `timeout` for the device
+    /// to confirm the end of its transfers. If it does not, the device is out of the
+    /// engine all the same, the teardown goes on in a background thread, and the result
+    /// is [`UnregisterError::Unresponsive`].
+    #[cfg(not(loom))]
+    pub fn remove_device_within(
+        &self,
+        device: DeviceId,
+        timeout: std::time::Duration,
+    ) -> Result<usize, UnregisterError> {
+        let (dev, references) = self.inner.detach(device)?;
+        let started = std::time::Instant::now();
+        let deadline = started + timeout;
+        let (done_tx, done_rx) = std::sync::mpsc::channel();
+        let spawned = std::thread::Builder::new()
+            .name(format!("dma-remove-{device}"))
+            .spawn(move || {
+                teardown(&dev, Some(deadline));
+                let _ = done_tx.send(());
+            });
+        if let Err(e) = spawned {
+            tracing::error!(%device, error = %e, "cannot spawn the removal thread");
+            return Err(UnregisterError::Unresponsive {
+                device,
+                references,
+                waited: std::time::Duration::ZERO,
+            });
+        }
+        match done_rx.recv_timeout(timeout) {
+            Ok(()) => Ok(references),
+            Err(_) => {
+                tracing::error!(%device, ?timeout, "removed device does not confirm the end of its transfers");
+                Err(UnregisterError::Unresponsive {
+                    device,
+                    references,
+                    waited: started.elapsed(),
+                })
+            }
+        }
     }
 
     /// Takes a public client reference for `caps` (`dmaengine_get`).
@@ -248,32 +296,25 @@ impl Inner {
         Ok(())
     }
 
-    fn remove(&self, id: DeviceId) -> Result<usize, UnregisterError> {
+    /// The locked half of a forced removal: takes the device out of the engine, publishes
+    /// a table without it and fails new submissions to it. The caller then tears it down
+    /// ([`teardown`]) without the lock.
+    fn detach(&self, id: DeviceId) -> Result<(Device, usize), UnregisterError> {
         let mut state = self.state.lock();
         let pos = state.position(id)?;
         let dev = state.devices.remove(pos);
         let references = dev.references();
         // First publish a table without the device, so that `find_channel` stops handing
-        // out its channels before the (slow) termination below: otherwise users keep
-        // finding a dead channel, failing and falling back, for the whole removal.
+        // out its channels before the (slow) termination: otherwise users keep finding a
+        // dead channel, failing and falling back, for the whole removal.
         self.update(&mut state);
-        // New submissions fail from here on; then everything in flight is finished or
-        // failed, so no transfer of this device touches memory after we return. (A
-        // submission that passed the `alive` check just before is drained by
-        // `free_chan_resources`, Provider rule 3.)
+        // New submissions fail from here on. (A submission that passed the `alive` check
+        // just before is drained by `free_chan_resources`, Provider rule 3.)
         for chan in &dev.channels {
             chan.alive.store(false, Ordering::Release);
         }
-        for chan in &dev.channels {
-            if chan.has_resources.load(Ordering::Acquire) {
-                dev.provider.terminate_all(chan.index);
-            }
-            release_resources(&dev, chan);
-            chan.client_count.store(0, Ordering::Relaxed);
-            chan.private_held.store(false, Ordering::Relaxed);
-        }
         tracing::warn!(device = %id, references, "device hot-removed");
-        Ok(references)
+        Ok((dev, references))
     }
 
     fn get_client(self: &Arc<Self>, caps: CapMask) -> Client {
@@ -463,6 +504,32 @@ fn wants_resources(chan: &ChannelShared) -> bool {
         && (chan.private_held.load(Ordering::Relaxed)
             || (chan.client_count.load(Ordering::Relaxed) > 0
                 && chan.table_count.load(Ordering::Relaxed) > 0))
+}
+
+/// The unlocked half of a forced removal: everything in flight is finished or failed (so
+/// no transfer of the device touches memory after it returns), then the resources are
+/// freed. With a `deadline`, cancellations the device supports bounding are bounded by it.
+fn teardown(dev: &Device, deadline: Option<std::time::Instant>) {
+    use crate::provider::{Cancel, Terminated};
+    for chan in &dev.channels {
+        if chan.has_resources.load(Ordering::Acquire) {
+            match deadline {
+                None => dev.provider.terminate_all(chan.index),
+                Some(d) => {
+                    if dev.provider.terminate_within(chan.index, Cancel::All, d)
+                        == Terminated::Pending
+                    {
+                        // Rule 2 before freeing: wait for the confirmation after all (we
+                        // run in the background by now).
+                        dev.provider.terminate_all(chan.index);
+                    }
+                }
+            }
+        }
+        release_resources(dev, chan);
+        chan.client_count.store(0, Ordering::Relaxed);
+        chan.private_held.store(false, Ordering::Relaxed);
+    }
 }
 
 fn release_resources(dev: &Device, chan: &ChannelShared) {

@@ -50,6 +50,21 @@ pub enum UnregisterError {
         /// The device's reference count (the module pin): one per channel per user.
         references: usize,
     },
+    /// Forced removal: the device is out of the engine (no channel of it is handed out,
+    /// every submission to it fails), but it did not confirm the end of its in-flight
+    /// transfers within the time allowed. Its teardown goes on in the background.
+    #[error(
+        "device {device} was removed but did not confirm the end of its transfers within \
+         {waited:?} ({references} channel references dropped); its teardown goes on"
+    )]
+    Unresponsive {
+        /// The device.
+        device: DeviceId,
+        /// References dropped by the removal.
+        references: usize,
+        /// How long the removal waited.
+        waited: Duration,
+    },
 }
 
 /// Why [`Engine::request_channel`](crate::Engine::request_channel) found nothing.

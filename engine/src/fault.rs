@@ -204,6 +204,19 @@ unsafe impl<P: Provider> Provider for FaultInjector<P> {
         self.inner.terminate_all(chan)
     }
 
+    fn terminate_within(
+        &self,
+        chan: usize,
+        what: crate::provider::Cancel<'_>,
+        deadline: Instant,
+    ) -> crate::provider::Terminated {
+        self.inner.terminate_within(chan, what, deadline)
+    }
+
+    fn cancels_exactly(&self) -> bool {
+        self.inner.cancels_exactly()
+    }
+
     fn error_count(&self, chan: usize) -> u64 {
         self.inner.error_count(chan) + self.injected[chan].load(Ordering::Relaxed)
     }

@@ -69,7 +69,7 @@ pub use error::{
 #[cfg(not(loom))]
 pub use fault::{FaultInjector, FaultPlan};
 pub use private::PrivateChannel;
-pub use provider::{Descriptor, Provider, ProviderError, ProviderSubmitError};
+pub use provider::{Cancel, Descriptor, Provider, ProviderError, ProviderSubmitError, Terminated};
 pub use snapshot::{ChannelSnapshot, DeviceSnapshot, EngineSnapshot, EngineStats};
 #[cfg(not(loom))]
 pub use software::{SoftwareDevice, SoftwareDeviceBuilder, DEFAULT_SPIN};

@@ -74,6 +74,32 @@ pub enum ProviderSubmitError {
     Gone,
 }
 
+/// Which descriptors [`Provider::terminate_within`] cancels.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Cancel<'a> {
+    /// Everything submitted on the channel before the call (as `terminate_all`).
+    All,
+    /// Only these sequence numbers of the channel; the channel's other descriptors go on.
+    Only(&'a [u64]),
+}
+
+/// How a bounded cancellation ([`Provider::terminate_within`]) ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Terminated {
+    /// What was asked is done (cancelled, or it had finished), and nothing else on the
+    /// channel was touched.
+    Exact,
+    /// The device can only abort a whole channel: it did, so every descriptor submitted
+    /// on the channel before the call is done, including others' that nobody asked to
+    /// cancel (they report `Error`).
+    WholeChannel,
+    /// The deadline passed before the device confirmed: some of the descriptors may
+    /// still be in flight. Their memory must not be reused until `tx_status` reports
+    /// them done.
+    Pending,
+}
+
 /// A DMA device driver (`struct dma_device` with its operations).
 ///
 /// Channels are numbered `0..channel_count()`. Sequence numbers (cookies) are per channel,
@@ -92,7 +118,12 @@ pub enum ProviderSubmitError {
 /// 3. when [`free_chan_resources`](Provider::free_chan_resources) returns, every
 ///    descriptor submitted before is done;
 /// 4. `tx_status` never reports `Complete` for a descriptor whose bytes were not all
-///    written.
+///    written;
+/// 5. when [`terminate_within`](Provider::terminate_within) returns
+///    [`Terminated::Exact`], every descriptor it was asked to cancel is done, and when it
+///    returns [`Terminated::WholeChannel`], rule 2 holds as for `terminate_all`; a
+///    provider that returns `Exact` for [`Cancel::Only`] also says so in
+///    [`cancels_exactly`](Provider::cancels_exactly).
 pub unsafe trait Provider: Send + Sync + 'static {
     /// The device's name, for logs and snapshots.
     fn name(&self) -> &str;
@@ -146,7 +177,29 @@ pub unsafe trait Provider: Send + Sync + 'static {
     }
 
     /// Cancels everything submitted on the channel (`device_terminate_all`). See rule 2.
+    /// It returns only once the device has confirmed; callers that must not block on a
+    /// device that never answers use [`terminate_within`](Provider::terminate_within).
     fn terminate_all(&self, chan: usize);
+
+    /// Cancels `what` and waits for the device to confirm until `deadline` (rule 5).
+    ///
+    /// The default is for devices that can only abort a whole channel and cannot bound
+    /// the wait: it calls [`terminate_all`](Provider::terminate_all) and reports
+    /// [`Terminated::WholeChannel`] for [`Cancel::Only`].
+    fn terminate_within(&self, chan: usize, what: Cancel<'_>, deadline: Instant) -> Terminated {
+        let _ = deadline;
+        self.terminate_all(chan);
+        match what {
+            Cancel::All => Terminated::Exact,
+            Cancel::Only(_) => Terminated::WholeChannel,
+        }
+    }
+
+    /// Whether [`terminate_within`](Provider::terminate_within) cancels exactly the
+    /// descriptors listed in [`Cancel::Only`] (default: no, the whole channel).
+    fn cancels_exactly(&self) -> bool {
+        false
+    }
 
     /// Transfers on this channel that ended in error so far.
     fn error_count(&self, chan: usize) -> u64;

@@ -4,7 +4,7 @@
 //! | --- | --- |
 //! | before submit | the caller |
 //! | submitted, `InProgress` | the device only: the source must not change, the destination must not be read or written |
-//! | `Complete` or `Error` (or after `terminate_all`) | the caller again |
+//! | `Complete` or `Error` (or after a confirmed cancellation) | the caller again |
 //!
 //! [`scope`] enforces this with borrows: a buffer lent to a transfer stays borrowed until
 //! the scope returns, and the scope returns only after every transfer in it is done
@@ -131,8 +131,8 @@ impl<'scope> Scope<'scope, '_> {
     ) -> Result<Transfer<'scope>, SubmitError> {
         // SAFETY: the buffers behind `desc` are borrowed (the destination exclusively) for
         // 'scope, which lasts until `scope_with_timeout` returns; before it returns, the
-        // drain guard sees this cookie done (waiting, then `terminate_all`, after which
-        // Provider rule 2 holds). Slices from distinct `&mut`/`&` borrows cannot overlap.
+        // drain guard sees this cookie done (waiting, then cancelling it and waiting for
+        // the device to confirm, Provider rules 1, 2 and 5). Slices from distinct `&mut`/`&` borrows cannot overlap.
         let cookie = unsafe { channel.submit(desc) }?;
         self.inflight.borrow_mut().push((channel.clone(), cookie));
         Ok(Transfer {
@@ -270,7 +270,7 @@ impl Channel {
         };
         // SAFETY: both buffers move into the returned OwnedTransfer, which gives them up
         // only from `wait` (after the cookie is done) or from Drop (after waiting and, on
-        // timeout, `terminate_all`); StableBuffer keeps their addresses fixed across the
+        // timeout, cancelling and waiting for the confirmation); StableBuffer keeps their addresses fixed across the
         // moves, and two distinct owned buffers cannot overlap.
         match unsafe { self.submit(desc) } {
             Ok(cookie) => Ok(OwnedTransfer {
@@ -296,12 +296,12 @@ impl<D: StableBuffer, S: StableBuffer> OwnedTransfer<D, S> {
             .expect("a transfer's cookie belongs to its channel")
     }
 
-    /// Waits at most `timeout` (cancelling the channel's work on timeout) and hands the
-    /// buffers back with the outcome.
+    /// Waits at most `timeout` (cancelling this transfer on timeout, see
+    /// [`Channel::terminate`]) and hands the buffers back with the outcome.
     pub fn wait(mut self, timeout: Duration) -> (Result<(), WaitError>, D, S) {
         let result = match self.channel.wait(self.cookie, timeout) {
             Err(WaitError::Timeout { .. }) => {
-                self.channel.terminate_all();
+                self.channel.cancel_and_wait(self.cookie, timeout);
                 Err(WaitError::Timeout {
                     cookie: self.cookie,
                     timeout,

@@ -43,9 +43,9 @@
 use crate::control::{NetDma, RecvParams};
 use crate::counters::Fallback;
 use crate::link::Link;
-use crate::recv::{RecvError, Route};
+use crate::recv::{cancel_copy, failure, RecvError, Route};
 use crate::stack::Stack;
-use dmaengine::{Channel, Cookie, SubmitError, TxStatus};
+use dmaengine::{Channel, Cookie, SubmitError, Terminated, TxStatus};
 use smoltcp::iface::SocketHandle;
 use smoltcp::socket::tcp;
 use std::collections::VecDeque;
@@ -169,12 +169,14 @@ pub struct Pipeline<L: Link> {
 /// read's own wall time says little here (it waits in the queue and overlaps with
 /// others), so the meter charges the thread's time in [`Pipeline::poll`] (the stack's
 /// processing included: offload makes smoltcp's ring writes dearer, see
-/// `bench/src/handoff.rs`) to DMA when copies were in flight or retired in that poll, to
-/// the CPU otherwise, and divides each path's time by the bytes its reads delivered. A
-/// sampled read records its path's cost per byte since that path's previous sample.
-/// Polls with nothing in flight and nothing done (waiting for the network) count for
-/// neither path; a poll that finishes reads of both paths counts for DMA, which can only
-/// make the CPU look cheaper.
+/// `bench/src/handoff.rs`) and divides each path's time by the bytes its reads delivered.
+/// A poll that moved bytes (CPU copies, DMA submissions) is split between the paths in
+/// proportion to the bytes each moved in it, so a CPU read that copies while other reads'
+/// DMA copies are in flight is charged its copy; a poll that moved nothing is charged to
+/// DMA when copies were in flight or retired in it (waiting for and retiring copies is
+/// the offload's cost), to the CPU otherwise. A sampled read records its path's cost per
+/// byte since that path's previous sample. Polls with nothing in flight and nothing done
+/// (waiting for the network) count for neither path.
 #[derive(Debug, Default)]
 struct Meter {
     /// Busy nanoseconds per path (`[cpu, dma]`) since its last sample.
@@ -185,6 +187,9 @@ struct Meter {
     samples: Vec<(bool, usize)>,
     /// A DMA read finished in this poll.
     dma_finished: bool,
+    /// Bytes this poll moved per path (`[cpu, dma]`): copied by the CPU for CPU-routed
+    /// reads, submitted (with their CPU share) for DMA-routed ones.
+    moved: [usize; 2],
 }
 
 impl<L: Link> Pipeline<L> {
@@ -363,6 +368,7 @@ impl<L: Link> Pipeline<L> {
                 reads,
                 false,
                 &mut finished,
+                &mut self.meter.moved,
             );
             let empty = reads.reads.is_empty();
             for p in finished.drain(before..) {
@@ -396,9 +402,16 @@ impl<L: Link> Pipeline<L> {
     fn meter_poll(&mut self, start: u64, progress: bool) {
         let m = &mut self.meter;
         let in_flight = self.sockets.iter().any(|s| s.inflight_chunks() > 0);
-        if progress || in_flight {
+        let spent = self.netdma.clock_ns().saturating_sub(start);
+        let moved = std::mem::take(&mut m.moved);
+        let total = moved[0] + moved[1];
+        if total > 0 {
+            let cpu = (spent as u128 * moved[0] as u128 / total as u128) as u64;
+            m.busy_ns[0] += cpu;
+            m.busy_ns[1] += spent - cpu;
+        } else if progress || in_flight {
             let path = usize::from(in_flight || m.dma_finished);
-            m.busy_ns[path] += self.netdma.clock_ns().saturating_sub(start);
+            m.busy_ns[path] += spent;
         }
         m.dma_finished = false;
         for (dma, bytes) in m.samples.drain(..) {
@@ -480,6 +493,7 @@ impl<L: Link> Pipeline<L> {
             reads,
             true,
             &mut finished,
+            &mut [0; 2],
         );
         self.finishing = false;
         finished
@@ -549,6 +563,7 @@ fn advance(
     reads: &mut SocketReads,
     finish: bool,
     finished: &mut Vec<Posted>,
+    moved: &mut [usize; 2],
 ) -> bool {
     let mut progress = retire(netdma, socket, reads, finish, params.timeout, finished);
     if finish {
@@ -560,7 +575,7 @@ fn advance(
     let mut ahead = 0; // ring bytes claimed by the reads before this one
     for p in reads.reads.iter_mut() {
         if p.unclaimed() > 0 {
-            progress |= fill(netdma, socket, p, ahead, &mut chunks, params);
+            progress |= fill(netdma, socket, p, ahead, &mut chunks, params, moved);
             if p.unclaimed() > 0 || p.error.is_some() {
                 break; // the next read starts where this one ends, which is not known yet
             }
@@ -585,6 +600,7 @@ fn fill(
     ahead: usize,
     chunks: &mut usize,
     params: &RecvParams,
+    moved: &mut [usize; 2],
 ) -> bool {
     if p.error.is_some() {
         return false;
@@ -606,6 +622,7 @@ fn fill(
             let end = p.buf.len();
             return match socket.recv_slice(&mut p.buf[p.filled..end]) {
                 Ok(n) if n > 0 => {
+                    moved[0] += n;
                     netdma.counters.cpu(n);
                     if let Some(reason) = reason {
                         netdma.counters.fallback(*reason, n);
@@ -726,6 +743,7 @@ fn fill(
         p.inflight_bytes += len;
         *chunks += 1;
         offset += len;
+        moved[1] += len;
     }
     if submitted {
         channel.issue_pending(); // one doorbell for the batch
@@ -802,7 +820,7 @@ fn fail_all(
                 if let Some(cookie) = chunk.cookie {
                     if let Err(dmaengine::WaitError::Timeout { .. }) = channel.wait(cookie, timeout)
                     {
-                        channel.terminate_all(); // afterwards it is done
+                        cancel_until_done(channel, cookie, timeout);
                     }
                     netdma.counters.in_flight_sub(chunk.dma_len);
                 }
@@ -813,6 +831,24 @@ fn fail_all(
         p.error = Some(RecvError::InvalidState);
     }
     finished.extend(reads.reads.drain(..));
+}
+
+/// Cancels a timed-out copy that must be done before the caller goes on (finishing a
+/// read, or a ring that lost its bytes): waits past the cancellation's bound if the
+/// device does not confirm in time, since the copy's memory stays lent to it until then.
+fn cancel_until_done(channel: &Channel, cookie: Cookie, timeout: Duration) -> TxStatus {
+    if cancel_copy(channel, cookie, timeout) != Terminated::Pending {
+        return channel.status(cookie).unwrap_or(TxStatus::Error);
+    }
+    loop {
+        match channel.wait(cookie, timeout) {
+            Ok(()) => return TxStatus::Complete,
+            Err(dmaengine::WaitError::Timeout { .. }) => {
+                tracing::error!(%cookie, "DMA device does not let go of a cancelled copy; waiting");
+            }
+            Err(_) => return TxStatus::Error,
+        }
+    }
 }
 
 /// What retiring the oldest read's copies found.
@@ -849,17 +885,19 @@ fn retire_read(
                     if front.submitted_at.elapsed() < timeout {
                         break; // still in flight: back to packet processing
                     }
-                    // Stuck for a whole wait timeout: cancel, then the CPU redoes it.
-                    channel.terminate_all();
+                    // Stuck for a whole wait timeout: cancel this copy alone (other
+                    // reads' copies on the channel go on), then the CPU redoes it.
+                    if cancel_copy(&channel, cookie, timeout) == Terminated::Pending {
+                        break; // not confirmed: still the device's; tried again next poll
+                    }
                     timed_out = true;
-                    TxStatus::Error
+                    channel.status(cookie).unwrap_or(TxStatus::Error)
                 } else {
                     match channel.wait(cookie, timeout) {
                         Ok(()) => TxStatus::Complete,
                         Err(dmaengine::WaitError::Timeout { .. }) => {
-                            channel.terminate_all(); // afterwards it is done
                             timed_out = true;
-                            TxStatus::Error
+                            cancel_until_done(&channel, cookie, timeout)
                         }
                         Err(_) => TxStatus::Error,
                     }
@@ -889,10 +927,10 @@ fn retire_read(
                         dma_len,
                     );
                 }
-                let reason = if timed_out {
-                    Fallback::Timeout
-                } else {
-                    Fallback::ChannelError
+                let reason = match front.cookie {
+                    _ if timed_out => Fallback::Timeout,
+                    Some(cookie) => failure(&channel, cookie),
+                    None => Fallback::ChannelError,
                 };
                 netdma.counters.cpu(dma_len);
                 netdma.counters.fallback(reason, dma_len);

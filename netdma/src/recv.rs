@@ -203,6 +203,30 @@ impl NetDma {
     }
 }
 
+/// Cancels one timed-out copy (only it, where the device can; see
+/// [`Channel::terminate`]).
+pub(crate) fn cancel_copy(
+    channel: &Channel,
+    cookie: dmaengine::Cookie,
+    timeout: std::time::Duration,
+) -> dmaengine::Terminated {
+    let outcome = channel.terminate(&[cookie], timeout);
+    if outcome == dmaengine::Terminated::Pending {
+        tracing::warn!(%cookie, "DMA device did not confirm a cancellation in time");
+    }
+    outcome
+}
+
+/// Why a copy that ended in error failed: its own fault, or a whole-channel abort caused
+/// by another read's timeout.
+pub(crate) fn failure(channel: &Channel, cookie: dmaengine::Cookie) -> Fallback {
+    if channel.aborted_for_others(cookie) {
+        Fallback::Aborted
+    } else {
+        Fallback::ChannelError
+    }
+}
+
 /// The outcome of the checks that need no channel.
 pub(crate) enum Route {
     /// The CPU copies; the reason to count (`None`: an empty read, nothing to count).
@@ -235,18 +259,31 @@ fn copy_region(
             let mut timed_out = false;
             let mut retire =
                 |off: usize, n: usize, t: dmaengine::Transfer<'_>, failed: &mut Vec<_>| {
-                    let result = t.wait();
+                    // Once one copy of this read timed out, the rest are not waited for
+                    // again: each still in flight is cancelled at once.
+                    let result = if timed_out && !t.status().is_done() {
+                        Err(WaitError::Timeout {
+                            cookie: t.cookie(),
+                            timeout: p.timeout,
+                        })
+                    } else {
+                        t.wait()
+                    };
                     counters.in_flight_sub(n);
                     match result {
                         Ok(()) => counters.dma(n),
                         Err(WaitError::Timeout { .. }) => {
-                            // Cancel everything now so the other waits end at once.
-                            channel.terminate_all();
+                            // Cancel this copy alone: other reads' copies on the channel
+                            // go on. Not confirmed in time (`Pending`), the scope still
+                            // waits for it before the CPU redoes the bytes.
+                            cancel_copy(channel, t.cookie(), p.timeout);
                             timed_out = true;
                             failed.push((off, n, Fallback::Timeout));
                         }
+                        // Failed after this read's own cancellation (a device that aborts
+                        // the whole channel): part of the timeout.
                         Err(_) if timed_out => failed.push((off, n, Fallback::Timeout)),
-                        Err(_) => failed.push((off, n, Fallback::ChannelError)),
+                        Err(_) => failed.push((off, n, failure(channel, t.cookie()))),
                     }
                 };
             let mut off = 0;

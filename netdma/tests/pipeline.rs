@@ -677,9 +677,9 @@ fn a_stalled_channel_under_the_split_times_out_and_the_cpu_redoes_the_engine_par
     assert_same(&got, &data);
     let s = netdma.stats();
     // A quarter of each chunk went by the CPU at submission; of the engine's part, what
-    // the stall held past the timeout was redone by the CPU (the timeout's
-    // `terminate_all` fails the channel's other withheld copies too, counted as channel
-    // errors), and the engine copied the rest.
+    // the stall held past the timeout was cancelled and redone by the CPU, and the
+    // engine copied the rest (a cancellation rings the doorbell the stall withheld, so
+    // the copies behind the cancelled one run).
     assert_eq!(s.total_bytes(), data.len() as u64, "{s:?}");
     let redone = s.fallback_bytes.timeout + s.fallback_bytes.channel_error;
     let tails = (s.cpu_bytes - redone) as f64 / data.len() as f64;
@@ -689,4 +689,97 @@ fn a_stalled_channel_under_the_split_times_out_and_the_cpu_redoes_the_engine_par
     );
     assert!(s.fallback_bytes.timeout > 0, "{s:?}");
     assert_eq!(s.bytes_in_flight, 0);
+}
+
+#[test]
+fn one_reads_timeout_leaves_another_sockets_copies_on_the_same_channel_alone() {
+    // Two sockets, one channel. The channel stalls (doorbells withheld) under socket A's
+    // read; socket B's read is posted later, its copies queued behind A's. When A's copy
+    // times out it is cancelled alone: B's copies then run on the engine, B's read
+    // completes by DMA, and the only fallback counted is A's timeout.
+    let mut cfg = config(Copybreak::Bytes(4096));
+    cfg.wait.timeout_ms = 1000;
+    let (device, netdma) = faulty(1, FaultPlan::default(), cfg);
+    let mut pair = StackPair::new(65535);
+    let (a_srv, a_cli) = pair.connect(MIB, MIB).unwrap();
+    let (b_srv, b_cli) = pair.connect(MIB, MIB).unwrap();
+    let StackPair {
+        server, mut client, ..
+    } = pair;
+    let mut pipeline = Pipeline::new(server, netdma.clone());
+    let len = 64 * 1024;
+    let a_data = pattern(len, 40);
+    let b_data = pattern(len, 41);
+    client.tcp_mut(a_cli).send_slice(&a_data).unwrap();
+    client.tcp_mut(b_cli).send_slice(&b_data).unwrap();
+    // Both streams wholly in the server's rings (the last segment may wait for a delayed
+    // ACK, hence the sleeps).
+    for _ in 0..100_000 {
+        client.poll();
+        pipeline.poll();
+        let queued = |p: &mut Pipeline<MemoryLink>, h| p.with_socket(h, |s| s.recv_queue());
+        if queued(&mut pipeline, a_srv) == Some(len) && queued(&mut pipeline, b_srv) == Some(len) {
+            break;
+        }
+        std::thread::sleep(Duration::from_micros(100));
+    }
+    device.stall(0);
+    pipeline.post_recv(a_srv, vec![0; len], len).unwrap();
+    for _ in 0..10 {
+        pipeline.poll();
+    }
+    assert_eq!(
+        netdma.stats().bytes_in_flight,
+        len as u64,
+        "A's copies wait"
+    );
+    // B's copies go in half a timeout later, so that their own deadline is well after
+    // A's (a margin against scheduling delays, not a measurement).
+    std::thread::sleep(Duration::from_millis(500));
+    pipeline.post_recv(b_srv, vec![0; len], len).unwrap();
+    for _ in 0..10 {
+        pipeline.poll();
+    }
+    assert_eq!(
+        netdma.stats().bytes_in_flight,
+        2 * len as u64,
+        "B's copies wait too"
+    );
+    let (mut a, mut b) = (None, None);
+    for _ in 0..10_000_000 {
+        client.poll();
+        pipeline.poll();
+        a = a.or_else(|| pipeline.take_completed(a_srv));
+        b = b.or_else(|| pipeline.take_completed(b_srv));
+        if a.is_some() && b.is_some() {
+            break;
+        }
+    }
+    device.unstall(0);
+    let (a, b) = (a.expect("A's read finished"), b.expect("B's read finished"));
+    assert_eq!((a.error, a.len), (None, len));
+    assert_eq!((b.error, b.len), (None, len));
+    assert_same(&a.buf, &a_data);
+    assert_same(&b.buf, &b_data);
+    let s = netdma.stats();
+    // Only A's copies timed out; nobody's copy failed for another reason.
+    assert!(s.fallback.timeout >= 1, "{s:?}");
+    assert!(s.fallback_bytes.timeout <= len as u64, "{s:?}");
+    assert_eq!(s.fallback.channel_error, 0, "{s:?}");
+    assert_eq!(s.fallback.aborted, 0, "{s:?}");
+    // B's bytes all came by DMA, and the CPU redid nothing but A's timed-out copies.
+    assert_eq!(s.cpu_bytes, s.fallback_bytes.timeout, "{s:?}");
+    assert!(s.dma_bytes >= len as u64, "{s:?}");
+    assert_eq!(s.total_bytes(), 2 * len as u64, "{s:?}");
+    assert_eq!(s.bytes_in_flight, 0);
+    // The channel failed exactly the cancelled copies.
+    let errors: u64 = netdma
+        .engine()
+        .snapshot()
+        .devices
+        .iter()
+        .flat_map(|d| d.channels.iter())
+        .map(|c| c.counters.errors)
+        .sum();
+    assert_eq!(errors, s.fallback.timeout, "{s:?}");
 }

@@ -19,13 +19,22 @@
 //! watermark line is written only by cancellations. Status is read from `completed`
 //! alone: a descriptor is done once the worker has passed it, and failed if it is in the
 //! channel's error log.
+//!
+//! Cancelling *some* descriptors ([`Cancel::Only`], one read's copies when its wait timed
+//! out) lists them instead; the worker looks the list up only while it is not empty (one
+//! load of a counter otherwise), skips the listed ones and leaves every other
+//! submitter's descriptors alone. The wait for the worker is parked, not spun, and
+//! bounded by the caller's deadline ([`Terminated::Pending`] if the worker does not get
+//! there in time).
 
 mod errors;
 mod worker;
 
 use self::errors::ErrorLog;
 use self::worker::{Job, Worker};
-use crate::provider::{Descriptor, Provider, ProviderError, ProviderSubmitError};
+use crate::provider::{
+    Cancel, Descriptor, Provider, ProviderError, ProviderSubmitError, Terminated,
+};
 use crate::{Cap, CapMask, TxStatus};
 use crossbeam_channel::{Receiver, Sender};
 use crossbeam_utils::CachePadded;
@@ -158,15 +167,31 @@ impl SoftwareDevice {
     }
 }
 
+/// The worker's two cancellation checks, read before every descriptor.
+struct CancelMarks {
+    /// Descriptors up to this sequence that have not started are skipped
+    /// (`terminate_all`); only ever raised.
+    upto: AtomicU64,
+    /// `Shared::cancelled.len()`, written under its lock: zero (the usual case) means
+    /// no listed cancellation to look up.
+    listed: AtomicUsize,
+}
+
 /// Per-channel state shared by submitters, pollers and the worker.
 pub(crate) struct Shared {
     /// Highest sequence number the worker has passed (copied, failed or skipped).
     completed: CachePadded<AtomicU64>,
-    /// Descriptors up to this sequence that have not started are skipped
-    /// (`terminate_all`); only ever raised.
-    cancel_upto: CachePadded<AtomicU64>,
+    /// What the worker must skip, on a line written only by cancellations.
+    cancel: CachePadded<CancelMarks>,
     /// Highest sequence number handed out.
     submitted: AtomicU64,
+    /// Sequences cancelled one by one (`Cancel::Only`) that the worker has not passed
+    /// yet (a few stale ones, already passed, are swept by the canceller).
+    cancelled: Mutex<Vec<u64>>,
+    /// Test hook: the worker holds this shared while it processes a descriptor, so a test
+    /// holding it exclusively makes the device unresponsive.
+    #[cfg(test)]
+    pub(crate) freeze: parking_lot::RwLock<()>,
     errors: Mutex<ErrorLog>,
     error_count: AtomicU64,
     waiters: AtomicUsize,
@@ -184,6 +209,26 @@ impl Shared {
         if self.waiters.load(Ordering::Relaxed) > 0 {
             let _guard = self.park_lock.lock();
             self.park.notify_all();
+        }
+    }
+
+    /// Whether the worker must skip `seq` (cancelled by watermark or by list). Called by
+    /// the worker only, before it starts `seq`.
+    fn take_cancelled(&self, seq: u64) -> bool {
+        if seq <= self.cancel.upto.load(Ordering::Acquire) {
+            return true;
+        }
+        if self.cancel.listed.load(Ordering::Acquire) == 0 {
+            return false;
+        }
+        let mut list = self.cancelled.lock();
+        match list.iter().position(|&s| s == seq) {
+            Some(i) => {
+                list.swap_remove(i);
+                self.cancel.listed.store(list.len(), Ordering::Release);
+                true
+            }
+            None => false,
         }
     }
 
@@ -219,8 +264,14 @@ impl SwChannel {
             ring_size,
             shared: Arc::new(Shared {
                 completed: CachePadded::new(AtomicU64::new(0)),
-                cancel_upto: CachePadded::new(AtomicU64::new(0)),
+                cancel: CachePadded::new(CancelMarks {
+                    upto: AtomicU64::new(0),
+                    listed: AtomicUsize::new(0),
+                }),
                 submitted: AtomicU64::new(0),
+                cancelled: Mutex::new(Vec::new()),
+                #[cfg(test)]
+                freeze: parking_lot::RwLock::new(()),
                 errors: Mutex::new(ErrorLog::default()),
                 error_count: AtomicU64::new(0),
                 waiters: AtomicUsize::new(0),
@@ -308,26 +359,68 @@ impl SwChannel {
         status
     }
 
-    fn terminate_all(&self) {
+    /// Cancels `what` and waits, parked, until the worker has passed every descriptor
+    /// concerned or `deadline` passes.
+    fn terminate(&self, what: Cancel<'_>, deadline: Instant, spin: Duration) -> Terminated {
+        let shared = &*self.shared;
         let mut submit = self.submit.lock();
         if submit.running.is_none() {
-            return; // no resources: nothing in flight (free drained it)
+            return Terminated::Exact; // no resources: nothing in flight (free drained it)
         }
         let last = submit.next_seq - 1;
-        // Raised before the pending batch goes out: what was never issued is never run.
-        self.shared.cancel_upto.fetch_max(last, Ordering::AcqRel);
+        let upto = match what {
+            Cancel::All => {
+                // Raised before the pending batch goes out: what was never issued is
+                // never run.
+                shared.cancel.upto.fetch_max(last, Ordering::AcqRel);
+                last
+            }
+            Cancel::Only(seqs) => {
+                let passed = shared.completed.load(Ordering::Acquire);
+                let mut list = shared.cancelled.lock();
+                let mut upto = 0;
+                for &seq in seqs.iter().filter(|&&s| s > passed && s <= last) {
+                    list.push(seq);
+                    upto = upto.max(seq);
+                }
+                shared.cancel.listed.store(list.len(), Ordering::Release);
+                upto
+            }
+        };
+        // The worker must pass them to confirm: ring the doorbell (listed descriptors are
+        // skipped; others' pending ones merely start early).
         Self::flush(&mut submit);
         drop(submit);
-        // Everything up to `last` not yet started will be skipped; the worker finishes a
-        // copy it had started (one memcpy) promptly.
-        let mut spins = 0u32;
-        while self.shared.completed.load(Ordering::Acquire) < last {
-            spins += 1;
-            if spins < 1000 {
-                std::hint::spin_loop();
-            } else {
-                std::thread::yield_now();
+        let confirmed = upto == 0 || self.wait(upto, deadline, spin).is_done();
+        if let Cancel::Only(_) = what {
+            // Sweep entries the worker passed before they were listed (it had started
+            // them): they would never be taken.
+            let passed = shared.completed.load(Ordering::Acquire);
+            let mut list = shared.cancelled.lock();
+            list.retain(|&s| s > passed);
+            shared.cancel.listed.store(list.len(), Ordering::Release);
+        }
+        if confirmed {
+            Terminated::Exact
+        } else {
+            Terminated::Pending
+        }
+    }
+
+    /// `terminate_all` as rule 2 wants it: returns only once everything submitted is
+    /// done. Parks in bounded slices, warning while the worker does not answer.
+    fn terminate_all(&self, spin: Duration) {
+        let started = Instant::now();
+        loop {
+            let slice = Instant::now() + Duration::from_secs(1);
+            if self.terminate(Cancel::All, slice, spin) != Terminated::Pending {
+                return;
             }
+            tracing::warn!(
+                chan = self.index,
+                waited = ?started.elapsed(),
+                "DMA worker does not answer terminate_all; still waiting"
+            );
         }
     }
 }
@@ -342,6 +435,9 @@ impl SwChannel {
 //    which drains the queue before exiting.
 // 4. The worker publishes a copied sequence only after copying every byte, and records a
 //    skipped one as failed before publishing it.
+// 5. `terminate_within` reports `Exact` only once the worker has passed the highest
+//    sequence concerned (the watermark, or the highest listed one), so every listed
+//    descriptor is done (rule 1); otherwise it reports `Pending`.
 unsafe impl Provider for SoftwareDevice {
     fn name(&self) -> &str {
         &self.name
@@ -444,7 +540,15 @@ unsafe impl Provider for SoftwareDevice {
     }
 
     fn terminate_all(&self, chan: usize) {
-        self.chan(chan).terminate_all()
+        self.chan(chan).terminate_all(self.spin)
+    }
+
+    fn terminate_within(&self, chan: usize, what: Cancel<'_>, deadline: Instant) -> Terminated {
+        self.chan(chan).terminate(what, deadline, self.spin)
+    }
+
+    fn cancels_exactly(&self) -> bool {
+        true
     }
 
     fn error_count(&self, chan: usize) -> u64 {

@@ -3,7 +3,6 @@
 use super::Shared;
 use crate::provider::Descriptor;
 use crossbeam_channel::{Receiver, Sender, TryRecvError};
-use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -76,7 +75,9 @@ impl Worker {
     }
 
     fn process(&self, job: Job) {
-        if job.seq > self.shared.cancel_upto.load(Ordering::Acquire) {
+        #[cfg(test)]
+        let _frozen = self.shared.freeze.read();
+        if !self.shared.take_cancelled(job.seq) {
             // SAFETY: the submitter promised (Provider::submit) that the memory stays
             // valid and unaliased until this descriptor is done, and it is not done before
             // `publish` below: neither `tx_status` nor `terminate_all` (which waits for
@@ -84,7 +85,7 @@ impl Worker {
             // null or dangling pointers never reach the copy.
             unsafe { execute(job.desc) };
         } else {
-            // Cancelled by terminate_all: never touched. Recorded before publishing, so a
+            // Cancelled (terminate_all or a listed cancel): never touched. Recorded before publishing, so a
             // poller that sees `completed >= seq` also sees the failure.
             self.shared.record_error(job.seq);
         }

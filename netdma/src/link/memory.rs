@@ -15,12 +15,29 @@ use super::{Link, LinkStats};
 /// Default number of frames each direction of a [`memory_pair`] can hold.
 pub const DEFAULT_QUEUE_FRAMES: usize = 1024;
 
+/// What a [`MemoryLink`] does when a direction's queue is full.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum QueueFull {
+    /// Push back, as a device with a full transmit ring does: `transmit` hands smoltcp no
+    /// token until the peer has received a frame, so smoltcp keeps the segment and sends
+    /// it later. Nothing is lost. (Replies that smoltcp sends while *receiving* a frame,
+    /// such as an ACK, are always queued, so two ends that both have full queues still
+    /// drain each other; a queue may then exceed its capacity by at most one frame per
+    /// frame its sender received.)
+    #[default]
+    Backpressure,
+    /// Drop the frame, as a drop-tail router queue would, and count it in
+    /// [`LinkStats::tx_dropped`]: for tests that want loss.
+    Drop,
+}
+
 /// One direction of the cable: frames in flight plus recycled frame buffers.
 #[derive(Debug)]
 struct Queue {
     state: Mutex<QueueState>,
     ready: Condvar,
     capacity: usize,
+    full: QueueFull,
 }
 
 #[derive(Debug)]
@@ -35,8 +52,9 @@ struct QueueState {
 }
 
 impl Queue {
-    fn new(capacity: usize) -> Self {
+    fn new(capacity: usize, full: QueueFull) -> Self {
         Queue {
+            full,
             state: Mutex::new(QueueState {
                 frames: VecDeque::with_capacity(capacity),
                 free: Vec::new(),
@@ -52,9 +70,12 @@ impl Queue {
 /// One end of an in-memory Ethernet link (see [`memory_pair`]).
 ///
 /// Frames sent on one end are received, in order, on the other. Each direction is a
-/// bounded queue: when it is full the frame is dropped, as a real link would, and
-/// counted in [`LinkStats::tx_dropped`]. Frame buffers travel back to the sender
-/// after they are received, so steady-state traffic does not allocate.
+/// bounded queue. When it is full, the link pushes back by default
+/// ([`QueueFull::Backpressure`]: `transmit` returns no token, smoltcp retries at its next
+/// poll, nothing is lost); a lossy link ([`memory_pair_lossy`], [`QueueFull::Drop`])
+/// drops the frame instead and counts it in [`LinkStats::tx_dropped`]. Frame buffers
+/// travel back to the sender after they are received, so steady-state traffic does not
+/// allocate.
 ///
 /// Checksums are neither computed nor verified (both ends are smoltcp).
 #[derive(Debug)]
@@ -89,13 +110,28 @@ pub fn memory_pair(mtu: usize) -> (MemoryLink, MemoryLink) {
 ///
 /// If `mtu` is not in `68..=65535` or `queue_frames` is 0.
 pub fn memory_pair_with_capacity(mtu: usize, queue_frames: usize) -> (MemoryLink, MemoryLink) {
+    memory_pair_with(mtu, queue_frames, QueueFull::Backpressure)
+}
+
+/// Like [`memory_pair_with_capacity`], but a full queue drops frames
+/// ([`QueueFull::Drop`]) instead of pushing back: a lossy link, for tests of loss
+/// recovery.
+///
+/// # Panics
+///
+/// If `mtu` is not in `68..=65535` or `queue_frames` is 0.
+pub fn memory_pair_lossy(mtu: usize, queue_frames: usize) -> (MemoryLink, MemoryLink) {
+    memory_pair_with(mtu, queue_frames, QueueFull::Drop)
+}
+
+fn memory_pair_with(mtu: usize, queue_frames: usize, full: QueueFull) -> (MemoryLink, MemoryLink) {
     assert!(
         (68..=65535).contains(&mtu),
         "memory_pair: IP MTU {mtu} outside 68..=65535"
     );
     assert!(queue_frames > 0, "memory_pair: queue_frames must be > 0");
-    let a_to_b = Arc::new(Queue::new(queue_frames));
-    let b_to_a = Arc::new(Queue::new(queue_frames));
+    let a_to_b = Arc::new(Queue::new(queue_frames, full));
+    let b_to_a = Arc::new(Queue::new(queue_frames, full));
     let frame_mtu = mtu + EthernetFrame::<&[u8]>::header_len();
     let a = MemoryLink::new(a_to_b.clone(), b_to_a.clone(), frame_mtu);
     let b = MemoryLink::new(b_to_a, a_to_b, frame_mtu);
@@ -119,9 +155,14 @@ impl MemoryLink {
         self.frame_mtu - EthernetFrame::<&[u8]>::header_len()
     }
 
-    /// Frames per direction the link can hold before it drops.
+    /// Frames per direction the link can hold before it pushes back (or drops).
     pub fn queue_capacity(&self) -> usize {
         self.tx.capacity
+    }
+
+    /// What this link does when a queue is full.
+    pub fn queue_full(&self) -> QueueFull {
+        self.tx.full
     }
 
     /// Frames currently waiting to be received on this end.
@@ -165,6 +206,8 @@ impl Device for MemoryLink {
             frame,
             slot: &mut self.rx_spare,
         };
+        // A reply to the frame being received is always queued: if both ends
+        // refused to receive while their own queue is full, neither would ever drain.
         let tx = TxToken {
             queue: &self.tx,
             spare: &mut self.tx_spare,
@@ -174,6 +217,13 @@ impl Device for MemoryLink {
     }
 
     fn transmit(&mut self, _timestamp: Instant) -> Option<Self::TxToken<'_>> {
+        if self.tx.full == QueueFull::Backpressure {
+            let state = self.tx.state.lock();
+            if !state.receiver_gone && state.frames.len() >= self.tx.capacity {
+                // Push back: smoltcp keeps the segment and tries again at its next poll.
+                return None;
+            }
+        }
         Some(TxToken {
             queue: &self.tx,
             spare: &mut self.tx_spare,
@@ -261,7 +311,15 @@ impl phy::TxToken for TxToken<'_> {
         let result = f(&mut buf);
 
         let mut state = self.queue.state.lock();
-        if state.receiver_gone || state.frames.len() >= self.queue.capacity {
+        // With back-pressure, `transmit` checked for room (this end is the queue's only
+        // sender), and a reply goes in regardless (one per received frame, so the excess
+        // is bounded by the other direction's queue). A lossy link drops whatever finds
+        // the queue full, replies included.
+        let full = match self.queue.full {
+            QueueFull::Backpressure => false,
+            QueueFull::Drop => state.frames.len() >= self.queue.capacity,
+        };
+        if state.receiver_gone || full {
             drop(state);
             self.stats.tx_dropped += 1;
             *self.spare = buf;
@@ -309,14 +367,54 @@ mod tests {
     }
 
     #[test]
-    fn full_queue_drops_and_counts() {
-        let (mut a, b) = memory_pair_with_capacity(1500, 2);
+    fn full_lossy_queue_drops_and_counts() {
+        let (mut a, b) = memory_pair_lossy(1500, 2);
+        assert_eq!(a.queue_full(), QueueFull::Drop);
         for _ in 0..5 {
             a.transmit(now()).unwrap().consume(100, |buf| buf.fill(7));
         }
         assert_eq!(a.stats().tx_frames, 2);
         assert_eq!(a.stats().tx_dropped, 3);
         assert_eq!(b.rx_pending(), 2);
+    }
+
+    #[test]
+    fn full_queue_pushes_back_until_the_peer_receives() {
+        let (mut a, mut b) = memory_pair_with_capacity(1500, 2);
+        assert_eq!(a.queue_full(), QueueFull::Backpressure);
+        for i in 0..2u8 {
+            a.transmit(now()).unwrap().consume(100, |buf| buf.fill(i));
+        }
+        assert!(
+            a.transmit(now()).is_none(),
+            "a full queue hands out no token"
+        );
+        assert_eq!(a.stats().tx_dropped, 0);
+        // The peer receives one frame: room for one more.
+        let (rx, _) = b.receive(now()).unwrap();
+        rx.consume(|buf| assert!(buf.iter().all(|&x| x == 0)));
+        a.transmit(now()).unwrap().consume(100, |buf| buf.fill(2));
+        assert!(a.transmit(now()).is_none());
+        for i in 1..3u8 {
+            let (rx, _) = b.receive(now()).unwrap();
+            rx.consume(|buf| assert!(buf.iter().all(|&x| x == i), "frame {i} lost or reordered"));
+        }
+        assert_eq!(a.stats().tx_frames, 3);
+        assert_eq!(a.stats().tx_dropped, 0);
+    }
+
+    #[test]
+    fn replies_pass_a_full_queue_so_two_full_ends_drain() {
+        let (mut a, mut b) = memory_pair_with_capacity(1500, 1);
+        a.transmit(now()).unwrap().consume(60, |buf| buf.fill(1));
+        b.transmit(now()).unwrap().consume(60, |buf| buf.fill(2));
+        assert!(a.transmit(now()).is_none() && b.transmit(now()).is_none());
+        // Both queues are full; receiving still works and its reply is queued.
+        let (rx, tx) = a.receive(now()).unwrap();
+        rx.consume(|_| ());
+        tx.consume(60, |buf| buf.fill(3));
+        assert_eq!(b.rx_pending(), 2);
+        assert_eq!(a.stats().tx_dropped, 0);
     }
 
     #[test]

@@ -25,7 +25,10 @@ mod memory;
 mod packet;
 mod tap;
 
-pub use memory::{memory_pair, memory_pair_with_capacity, MemoryLink, DEFAULT_QUEUE_FRAMES};
+pub use memory::{
+    memory_pair, memory_pair_lossy, memory_pair_with_capacity, MemoryLink, QueueFull,
+    DEFAULT_QUEUE_FRAMES,
+};
 pub use packet::{PacketLink, DEFAULT_RCVBUF_BYTES};
 pub use tap::TapLink;
 
