@@ -44,6 +44,8 @@ mod client;
 mod cookie;
 pub mod cpu;
 mod device;
+#[cfg(all(not(loom), target_os = "linux"))]
+pub mod dsa;
 mod engine;
 mod error;
 #[cfg(not(loom))]
@@ -69,7 +71,7 @@ pub use error::{
 #[cfg(not(loom))]
 pub use fault::{FaultInjector, FaultPlan};
 pub use private::PrivateChannel;
-pub use provider::{Descriptor, Provider, ProviderError, ProviderSubmitError};
+pub use provider::{Descriptor, Provider, ProviderError, ProviderKind, ProviderSubmitError};
 pub use snapshot::{ChannelSnapshot, DeviceSnapshot, EngineSnapshot, EngineStats};
 #[cfg(not(loom))]
 pub use software::{SoftwareDevice, SoftwareDeviceBuilder, DEFAULT_SPIN};
