@@ -26,11 +26,14 @@ pub enum Fallback {
     Timeout,
     /// The adaptive policy judged the CPU cheaper right now.
     Adaptive,
+    /// The engine completed only part of a copy (a page fault on DSA); the CPU copied
+    /// exactly the rest. Counted per descriptor, with the bytes the CPU copied.
+    Partial,
 }
 
 impl Fallback {
     /// Every reason, in counter order.
-    pub const ALL: [Fallback; 9] = [
+    pub const ALL: [Fallback; 10] = [
         Fallback::BelowCopybreak,
         Fallback::Disabled,
         Fallback::LowLatency,
@@ -40,6 +43,7 @@ impl Fallback {
         Fallback::ChannelError,
         Fallback::Timeout,
         Fallback::Adaptive,
+        Fallback::Partial,
     ];
 }
 
@@ -100,6 +104,7 @@ impl Counters {
             channel_error: arr[Fallback::ChannelError as usize].load(Ordering::Relaxed),
             timeout: arr[Fallback::Timeout as usize].load(Ordering::Relaxed),
             adaptive: arr[Fallback::Adaptive as usize].load(Ordering::Relaxed),
+            partial: arr[Fallback::Partial as usize].load(Ordering::Relaxed),
         };
         RecvStats {
             dma_bytes: self.dma_bytes.load(Ordering::Relaxed),
@@ -134,6 +139,8 @@ pub struct FallbackCounts {
     pub timeout: u64,
     /// See [`Fallback::Adaptive`].
     pub adaptive: u64,
+    /// See [`Fallback::Partial`].
+    pub partial: u64,
 }
 
 impl FallbackCounts {
@@ -149,6 +156,7 @@ impl FallbackCounts {
             Fallback::ChannelError => self.channel_error,
             Fallback::Timeout => self.timeout,
             Fallback::Adaptive => self.adaptive,
+            Fallback::Partial => self.partial,
         }
     }
 }
@@ -166,7 +174,7 @@ pub struct RecvStats {
     /// Reads copied entirely by the CPU.
     pub cpu_reads: u64,
     /// Fallback events by reason: reads for the per-read reasons, descriptors for
-    /// `ring_full`, `channel_error` and `timeout`.
+    /// `ring_full`, `channel_error`, `timeout` and `partial`.
     pub fallback: FallbackCounts,
     /// Bytes affected by each fallback reason.
     pub fallback_bytes: FallbackCounts,
