@@ -312,6 +312,13 @@ pub struct Report {
     pub submit_batch: usize,
     /// Completion latency with a spinning worker.
     pub completion: Latency,
+    /// The DSA provider on its software portal: submission, ns per descriptor, batched
+    /// (one BATCH descriptor per doorbell).
+    pub dsa_submit_ns_per_desc: f64,
+    /// The same, one doorbell (one portal write) each.
+    pub dsa_submit_ns_per_desc_unbatched: f64,
+    /// Its completion latency (record written by the portal thread, seen by a poller).
+    pub dsa_completion: Latency,
     /// The headline receive comparison.
     pub headline: Headline,
     /// Copy throughput table.
@@ -617,6 +624,15 @@ pub fn run(scale: &Scale, log: &mut dyn FnMut(&str)) -> Result<Report, String> {
     let completion = engine_ops::completion_latency(&mut ebed, &chan, scale.latency_samples);
     drop(chan);
     drop(ebed);
+    log("engine: the same on the emulated DSA provider");
+    let mut dbed = EngineBed::new_dsa_emulated(Duration::from_millis(2), k)?;
+    let chan = dbed.private_channel()?;
+    let dsa_submit_ns_per_desc = engine_ops::submit_ns_per_desc(&mut dbed, &chan, k, true, rounds);
+    let dsa_submit_ns_per_desc_unbatched =
+        engine_ops::submit_ns_per_desc(&mut dbed, &chan, k, false, rounds);
+    let dsa_completion = engine_ops::completion_latency(&mut dbed, &chan, scale.latency_samples);
+    drop(chan);
+    drop(dbed);
 
     let headline = measure_headline(scale, log)?;
     log("copy table");
@@ -634,6 +650,9 @@ pub fn run(scale: &Scale, log: &mut dyn FnMut(&str)) -> Result<Report, String> {
         submit_ns_per_desc_unbatched,
         submit_batch: k,
         completion,
+        dsa_submit_ns_per_desc,
+        dsa_submit_ns_per_desc_unbatched,
+        dsa_completion,
         headline,
         copy_table,
         recv_table,
@@ -758,6 +777,13 @@ impl Report {
         );
         put("completion_p50_ns", json!(self.completion.p50_ns));
         put("completion_p99_ns", json!(self.completion.p99_ns));
+        put("dsa_submit_ns_per_desc", json!(self.dsa_submit_ns_per_desc));
+        put(
+            "dsa_submit_ns_per_desc_unbatched",
+            json!(self.dsa_submit_ns_per_desc_unbatched),
+        );
+        put("dsa_completion_p50_ns", json!(self.dsa_completion.p50_ns));
+        put("dsa_completion_p99_ns", json!(self.dsa_completion.p99_ns));
         put("best_dma_mode", json!(h.best_dma_mode.name()));
         put("handoff_write_ratio", json!(self.handoff.write_ratio));
         put("handoff_thread_ratio", json!(self.handoff.thread_ratio));
@@ -985,8 +1011,20 @@ impl Report {
             self.submit_ns_per_desc_unbatched
         );
         s += &format!(
-            "| completion, doorbell to completion seen (64 B copy, worker spinning) | p50 {:.0} ns, p99 {:.0} ns ({} samples) |\n\n",
+            "| completion, doorbell to completion seen (64 B copy, worker spinning) | p50 {:.0} ns, p99 {:.0} ns ({} samples) |\n",
             self.completion.p50_ns, self.completion.p99_ns, self.completion.samples
+        );
+        s += &format!(
+            "| emulated DSA: submit, {} descriptors then one doorbell (one BATCH) | {:.1} ns per descriptor |\n",
+            self.submit_batch, self.dsa_submit_ns_per_desc
+        );
+        s += &format!(
+            "| emulated DSA: submit, one doorbell (portal write) each | {:.1} ns per descriptor |\n",
+            self.dsa_submit_ns_per_desc_unbatched
+        );
+        s += &format!(
+            "| emulated DSA: completion, doorbell to completion record seen (64 B copy, portal thread spinning) | p50 {:.0} ns, p99 {:.0} ns ({} samples) |\n\n",
+            self.dsa_completion.p50_ns, self.dsa_completion.p99_ns, self.dsa_completion.samples
         );
 
         s += "## Copy throughput (GB/s)\n\n";
