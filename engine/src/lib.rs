@@ -23,6 +23,10 @@
 //!
 //! [`SoftwareDevice`] is the default provider: worker threads that really copy
 //! asynchronously. [`FaultInjector`] wraps a provider to fail, stall or lose transfers.
+//! [`dsa`] drives an Intel DSA work queue with its real descriptor formats, or the same
+//! provider over a descriptor-exact software portal. A device that stops part way
+//! reports the bytes it completed ([`Provider::bytes_done`], [`WaitError::Partial`]), so
+//! that the caller copies exactly the rest.
 //!
 //! | Linux | here |
 //! | --- | --- |
