@@ -359,7 +359,7 @@ impl DsaChannel {
                 break;
             }
             if let Some(Err(e)) = hw::decode(&rec.read()) {
-                let done = e.prefix_done();
+                let done = self.prefix_done(h + 1, &e);
                 if done.is_some() {
                     partial.fetch_add(1, Ordering::Relaxed);
                 }
@@ -370,6 +370,16 @@ impl DsaChannel {
             h += 1;
         }
         self.harvested.store(h, Ordering::Release);
+    }
+
+    /// The bytes a failed descriptor completed, when they are a prefix no longer than the
+    /// descriptor (a device reporting more is not believed). Called with the state lock,
+    /// while the slot still belongs to `seq`.
+    fn prefix_done(&self, seq: u64, e: &DsaError) -> Option<usize> {
+        // SAFETY: the state lock is held (descriptors are written only under it) and the
+        // slot is `seq`'s until `harvested` passes it.
+        let len = unsafe { (*self.descs[self.slot(seq)].get()).xfer_size } as usize;
+        e.prefix_done().filter(|&d| d <= len)
     }
 
     /// Frees the WQ entries whose record is written; returns how many.
@@ -477,6 +487,14 @@ impl DsaDevice {
                 }
                 let n = c.reclaim(st);
                 self.release(n);
+                // Entries other channels hold may be done too; look at those whose lock
+                // is free (never wait for another channel's lock while holding ours).
+                for other in self.channels.iter().filter(|o| o.index != c.index) {
+                    if let Some(mut ost) = other.state.try_lock() {
+                        let n = other.reclaim(&mut ost);
+                        self.release(n);
+                    }
+                }
                 reclaimed = true;
                 continue;
             }
@@ -826,7 +844,7 @@ unsafe impl Provider for DsaDevice {
         }
         // Done out of order: the slot is still `seq`'s (it is reused only after harvest).
         match hw::decode(&c.record(seq).read()) {
-            Some(Err(e)) => e.prefix_done(),
+            Some(Err(e)) => c.prefix_done(seq, &e),
             _ => None,
         }
     }
