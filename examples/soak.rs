@@ -72,6 +72,10 @@ fn main() -> ExitCode {
             "  chaos               {} toggles, {} copybreak changes, {} hot adds, {} hot removals, {} cpu-set changes, {} stalls, {} faults",
             report.toggles, report.copybreak_changes, report.hot_adds, report.hot_removals, report.cpu_set_changes, report.stalls, report.faults_injected
         );
+        println!(
+            "  emulated DSA        {} of the hot adds, {} bytes finished by the CPU after page faults",
+            report.dsa_adds, report.partial_cpu_bytes
+        );
         println!("  leaked references   {}", report.leaked_references);
         println!("  longest read wait   {:.1} ms", report.max_stall_ms);
     }

@@ -11,6 +11,7 @@
 //! chaos schedule (the interleaving with the receiver may differ; the schedule does not).
 
 use crate::pattern;
+use dmaengine::dsa::{DsaDevice, EmulatedWq};
 use dmaengine::{DeviceId, FaultInjector, FaultPlan, SoftwareDevice};
 use netdma::config::{Copybreak, NetDmaConfig};
 use netdma::link::MemoryLink;
@@ -74,6 +75,11 @@ pub struct SoakReport {
     pub hot_removals: u64,
     /// Devices added while traffic flowed.
     pub hot_adds: u64,
+    /// Of those, DSA providers over the software portal (with page faults injected at
+    /// random bytes, finished by the CPU).
+    pub dsa_adds: u64,
+    /// Bytes the CPU copied after partial completions (the rest of page-faulted copies).
+    pub partial_cpu_bytes: u64,
     /// Times offload was disabled or enabled.
     pub toggles: u64,
     /// Run-time copybreak changes.
@@ -109,8 +115,41 @@ struct Conn {
     received: u64,
 }
 
-/// Devices the chaos thread added, with their fault injectors.
-type Added = Vec<(DeviceId, Arc<FaultInjector<SoftwareDevice>>)>;
+/// A device the chaos thread added, with the handle that injects its faults.
+enum AddedDevice {
+    /// A software device behind a fault injector.
+    Software(Arc<FaultInjector<SoftwareDevice>>),
+    /// The DSA provider over its software portal, which injects page faults and stalls.
+    Dsa(Arc<EmulatedWq>),
+}
+
+impl AddedDevice {
+    fn faults_injected(&self) -> u64 {
+        match self {
+            AddedDevice::Software(d) => d.faults_injected(),
+            AddedDevice::Dsa(wq) => wq.stats().page_faults,
+        }
+    }
+
+    /// Stops injecting faults and ends stalls.
+    fn calm(&self) {
+        match self {
+            AddedDevice::Software(d) => {
+                d.set_plan(FaultPlan::default());
+                for chan in 0..2 {
+                    d.unstall(chan);
+                }
+            }
+            AddedDevice::Dsa(wq) => {
+                wq.random_page_faults(0.0, 0);
+                wq.release_stall();
+            }
+        }
+    }
+}
+
+/// Devices the chaos thread added.
+type Added = Vec<(DeviceId, AddedDevice)>;
 
 /// Runs a soak and reports.
 pub fn run(config: &SoakConfig) -> SoakReport {
@@ -156,10 +195,7 @@ pub fn run(config: &SoakConfig) -> SoakReport {
     stop.store(true, Ordering::Relaxed);
     chaos.join().expect("chaos thread");
     for (_, device) in added.lock().iter() {
-        device.set_plan(FaultPlan::default());
-        for chan in 0..2 {
-            device.unstall(chan);
-        }
+        device.calm();
     }
     chaos_over.store(true, Ordering::Relaxed);
 
@@ -181,6 +217,7 @@ pub fn run(config: &SoakConfig) -> SoakReport {
     let stats = netdma.stats();
     report.dma_bytes = stats.dma_bytes;
     report.cpu_fallback_bytes = stats.cpu_bytes;
+    report.partial_cpu_bytes = stats.fallback_bytes.partial;
     report.faults_injected = counters.faults.load(Ordering::Relaxed)
         + added
             .lock()
@@ -189,6 +226,7 @@ pub fn run(config: &SoakConfig) -> SoakReport {
             .sum::<u64>();
     report.hot_removals = counters.removals.load(Ordering::Relaxed);
     report.hot_adds = counters.adds.load(Ordering::Relaxed);
+    report.dsa_adds = counters.dsa_adds.load(Ordering::Relaxed);
     report.toggles = counters.toggles.load(Ordering::Relaxed);
     report.copybreak_changes = counters.copybreaks.load(Ordering::Relaxed);
     report.cpu_set_changes = counters.cpu_sets.load(Ordering::Relaxed);
@@ -326,6 +364,7 @@ struct ChaosCounters {
     faults: AtomicU64,
     removals: AtomicU64,
     adds: AtomicU64,
+    dsa_adds: AtomicU64,
     toggles: AtomicU64,
     copybreaks: AtomicU64,
     cpu_sets: AtomicU64,
@@ -370,6 +409,24 @@ fn chaos_loop(
                     .expect("valid copybreak");
                 counters.copybreaks.fetch_add(1, Ordering::Relaxed);
             }
+            // A third of the added devices are the DSA provider on its software portal.
+            2 if rng.random_bool(1.0 / 3.0) => {
+                let wq = EmulatedWq::builder()
+                    .size(rng.random_range(4..=64))
+                    .max_transfer_size(netdma::config::MAX_CHUNK_SIZE as u32)
+                    .build();
+                wq.random_page_faults(if rng.random_bool(0.5) { 0.05 } else { 0.0 }, rng.random());
+                let device = DsaDevice::builder()
+                    .channels(2)
+                    .ring_size(64)
+                    .name("soak-dsa")
+                    .emulated(wq.clone());
+                if let Ok(id) = engine.register_device(device) {
+                    added.lock().push((id, AddedDevice::Dsa(wq)));
+                    counters.adds.fetch_add(1, Ordering::Relaxed);
+                    counters.dsa_adds.fetch_add(1, Ordering::Relaxed);
+                }
+            }
             2 => {
                 let device = FaultInjector::new(
                     SoftwareDevice::builder().channels(2).name("soak").build(),
@@ -380,7 +437,7 @@ fn chaos_loop(
                     },
                 );
                 if let Ok(id) = engine.register_device(device.clone()) {
-                    added.lock().push((id, device));
+                    added.lock().push((id, AddedDevice::Software(device)));
                     counters.adds.fetch_add(1, Ordering::Relaxed);
                 }
             }
@@ -421,27 +478,35 @@ fn chaos_loop(
             5 => {
                 let list = added.lock();
                 if !list.is_empty() {
-                    let (_, device) = &list[rng.random_range(0..list.len())];
-                    let chan = rng.random_range(0..2);
-                    device.stall(chan);
-                    counters.stalls.fetch_add(1, Ordering::Relaxed);
-                    let device = device.clone();
                     let delay = Duration::from_millis(rng.random_range(1..150));
-                    std::thread::spawn(move || {
-                        std::thread::sleep(delay);
-                        device.unstall(chan);
-                    });
+                    match &list[rng.random_range(0..list.len())].1 {
+                        AddedDevice::Software(device) => {
+                            let chan = rng.random_range(0..2);
+                            device.stall(chan);
+                            let device = device.clone();
+                            std::thread::spawn(move || {
+                                std::thread::sleep(delay);
+                                device.unstall(chan);
+                            });
+                        }
+                        AddedDevice::Dsa(wq) => wq.stall(delay),
+                    }
+                    counters.stalls.fetch_add(1, Ordering::Relaxed);
                 }
             }
             _ => {
                 let list = added.lock();
                 if !list.is_empty() {
-                    let (_, device) = &list[rng.random_range(0..list.len())];
-                    device.set_plan(FaultPlan {
-                        fail_probability: rng.random_range(0.0..0.3),
-                        fail_every: rng.random_bool(0.3).then(|| rng.random_range(2..10)),
-                        seed: rng.random(),
-                    });
+                    match &list[rng.random_range(0..list.len())].1 {
+                        AddedDevice::Software(device) => device.set_plan(FaultPlan {
+                            fail_probability: rng.random_range(0.0..0.3),
+                            fail_every: rng.random_bool(0.3).then(|| rng.random_range(2..10)),
+                            seed: rng.random(),
+                        }),
+                        AddedDevice::Dsa(wq) => {
+                            wq.random_page_faults(rng.random_range(0.0..0.3), rng.random())
+                        }
+                    }
                 }
             }
         }

@@ -5,6 +5,7 @@ use std::time::Duration;
 
 #[test]
 fn short_runs_of_chaos_lose_and_corrupt_nothing() {
+    let mut dsa_adds = 0;
     for seed in [1, 2] {
         let report = run(&SoakConfig {
             duration: Duration::from_millis(1500),
@@ -22,5 +23,8 @@ fn short_runs_of_chaos_lose_and_corrupt_nothing() {
             report.toggles + report.hot_adds + report.copybreak_changes > 0,
             "no chaos happened: {report:?}"
         );
+        dsa_adds += report.dsa_adds;
     }
+    // A share of the hot-added devices is the DSA provider on its software portal.
+    assert!(dsa_adds > 0, "no emulated DSA device took part");
 }

@@ -3,6 +3,7 @@
 //! (doorbell to a completion seen by a spinning poller).
 
 use crate::stats::percentile;
+use dmaengine::dsa::{DsaDevice, EmulatedWq};
 use dmaengine::{Cap, Client, Engine, PrivateChannel, SoftwareDevice, TxStatus};
 use serde::Serialize;
 use std::hint::black_box;
@@ -43,14 +44,37 @@ impl EngineBed {
                     .build(),
             )
             .map_err(|e| e.to_string())?;
+        Ok(Self::over(engine, max_batch))
+    }
+
+    /// The same bed over the DSA provider on its software portal: one channel on a
+    /// dedicated WQ deep enough for `max_batch` descriptors, whose thread spins `spin`
+    /// before parking; a doorbell sends one BATCH descriptor.
+    pub fn new_dsa_emulated(spin: Duration, max_batch: usize) -> Result<EngineBed, String> {
+        let max_batch = max_batch.max(2);
+        let wq = EmulatedWq::builder()
+            .size(max_batch.max(128))
+            .max_batch_size(max_batch as u32)
+            .spin(spin)
+            .build();
+        let device = DsaDevice::builder()
+            .ring_size((max_batch * 2).max(256))
+            .spin(spin)
+            .emulated(wq);
+        let engine = Engine::new();
+        engine.register_device(device).map_err(|e| e.to_string())?;
+        Ok(Self::over(engine, max_batch))
+    }
+
+    fn over(engine: Engine, max_batch: usize) -> EngineBed {
         let client = Some(engine.client(Cap::Memcpy.into()));
         let bytes = DESC_BYTES * max_batch.max(1);
-        Ok(EngineBed {
+        EngineBed {
             engine,
             client,
             src: vec![7u8; bytes],
             dst: vec![0u8; bytes],
-        })
+        }
     }
 
     /// One `find_channel(MEMCPY)` through the client (the handle is dropped at once).

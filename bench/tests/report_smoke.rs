@@ -15,6 +15,10 @@ const KEYS: &[&str] = &[
     "submit_ns_per_desc_unbatched",
     "completion_p50_ns",
     "completion_p99_ns",
+    "dsa_submit_ns_per_desc",
+    "dsa_submit_ns_per_desc_unbatched",
+    "dsa_completion_p50_ns",
+    "dsa_completion_p99_ns",
     "handoff_write_ratio",
     "handoff_thread_ratio",
 ];

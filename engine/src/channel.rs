@@ -214,6 +214,10 @@ impl Channel {
             ProviderSubmitError::RingFull { capacity } => SubmitError::RingFull { capacity },
             ProviderSubmitError::NoResources => SubmitError::NoResources(shared.id),
             ProviderSubmitError::Gone => SubmitError::ChannelGone(shared.id),
+            ProviderSubmitError::TooLarge { max } => SubmitError::TooLarge {
+                len: desc.len(),
+                max,
+            },
         })?;
         match desc {
             Descriptor::Memcpy { .. } => shared.memcpy_count.fetch_add(1, Ordering::Relaxed),
@@ -250,15 +254,30 @@ impl Channel {
         Ok(self.0.provider.tx_status(self.0.index, cookie.seq()))
     }
 
+    /// For a transfer that ended in error: how many leading bytes the device completed
+    /// before it stopped, when it says so (a partial completion); `None` when unknown or
+    /// when the transfer did not fail. Never blocks.
+    pub fn bytes_done(&self, cookie: Cookie) -> Result<Option<usize>, WaitError> {
+        self.check_cookie(cookie)?;
+        if self.0.provider.tx_status(self.0.index, cookie.seq()) != TxStatus::Error {
+            return Ok(None);
+        }
+        Ok(self.0.provider.bytes_done(self.0.index, cookie.seq()))
+    }
+
     /// Issues pending work, then waits at most `timeout` for `cookie` (`dma_sync_wait`):
-    /// spinning briefly, then parking. `Ok` means complete.
+    /// spinning briefly, then parking. `Ok` means complete; [`WaitError::Partial`] means
+    /// the device completed only a prefix.
     pub fn wait(&self, cookie: Cookie, timeout: Duration) -> Result<(), WaitError> {
         self.check_cookie(cookie)?;
         self.issue_pending();
         let deadline = Instant::now() + timeout;
         match self.0.provider.wait(self.0.index, cookie.seq(), deadline) {
             TxStatus::Complete => Ok(()),
-            TxStatus::Error => Err(WaitError::Failed(cookie)),
+            TxStatus::Error => match self.0.provider.bytes_done(self.0.index, cookie.seq()) {
+                Some(bytes_done) => Err(WaitError::Partial { cookie, bytes_done }),
+                None => Err(WaitError::Failed(cookie)),
+            },
             TxStatus::InProgress => Err(WaitError::Timeout { cookie, timeout }),
         }
     }

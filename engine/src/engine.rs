@@ -426,6 +426,7 @@ impl Inner {
                 .map(|dev| DeviceSnapshot {
                     id: dev.id,
                     name: dev.name.clone(),
+                    provider: dev.provider.kind(),
                     capabilities: dev.caps,
                     private: dev.is_private(),
                     clients: dev.holders,

@@ -112,6 +112,15 @@ pub enum SubmitError {
     /// The channel's device was removed.
     #[error("channel {0} is gone: its device was removed")]
     ChannelGone(ChannelId),
+    /// The copy is longer than one descriptor of the device may move; split it, or copy
+    /// with the CPU.
+    #[error("{len} bytes exceed the device's largest transfer ({max} bytes)")]
+    TooLarge {
+        /// The requested length.
+        len: usize,
+        /// The device's largest transfer.
+        max: usize,
+    },
     /// Source and destination differ in length.
     #[error("source is {src} bytes but destination is {dst} bytes")]
     LengthMismatch {
@@ -128,6 +137,16 @@ pub enum WaitError {
     /// The transfer failed or was cancelled; the destination holds undefined bytes.
     #[error("transfer {0} failed")]
     Failed(Cookie),
+    /// The device stopped part way (a DSA page fault): the first `bytes_done` bytes of the
+    /// destination hold their final values, the rest are undefined. Copy exactly the rest
+    /// with the CPU.
+    #[error("transfer {cookie} stopped after {bytes_done} bytes (partial completion)")]
+    Partial {
+        /// The transfer.
+        cookie: Cookie,
+        /// Leading bytes done.
+        bytes_done: usize,
+    },
     /// The transfer did not finish in time. It is still in flight: cancel it with
     /// `terminate_all` before reusing its buffers (the safe APIs do this for you).
     #[error("transfer {cookie} did not complete within {timeout:?}")]

@@ -23,6 +23,10 @@
 //!
 //! [`SoftwareDevice`] is the default provider: worker threads that really copy
 //! asynchronously. [`FaultInjector`] wraps a provider to fail, stall or lose transfers.
+//! [`dsa`] drives an Intel DSA work queue with its real descriptor formats, or the same
+//! provider over a descriptor-exact software portal. A device that stops part way
+//! reports the bytes it completed ([`Provider::bytes_done`], [`WaitError::Partial`]), so
+//! that the caller copies exactly the rest.
 //!
 //! | Linux | here |
 //! | --- | --- |
@@ -44,6 +48,8 @@ mod client;
 mod cookie;
 pub mod cpu;
 mod device;
+#[cfg(all(not(loom), target_os = "linux"))]
+pub mod dsa;
 mod engine;
 mod error;
 #[cfg(not(loom))]
@@ -69,7 +75,9 @@ pub use error::{
 #[cfg(not(loom))]
 pub use fault::{FaultInjector, FaultPlan};
 pub use private::PrivateChannel;
-pub use provider::{Cancel, Descriptor, Provider, ProviderError, ProviderSubmitError, Terminated};
+pub use provider::{
+    Cancel, Descriptor, Provider, ProviderError, ProviderKind, ProviderSubmitError, Terminated,
+};
 pub use snapshot::{ChannelSnapshot, DeviceSnapshot, EngineSnapshot, EngineStats};
 #[cfg(not(loom))]
 pub use software::{SoftwareDevice, SoftwareDeviceBuilder, DEFAULT_SPIN};

@@ -54,6 +54,32 @@ impl Descriptor {
 // memory stays valid and unaliased until the transfer is done, from whichever thread.
 unsafe impl Send for Descriptor {}
 
+/// What kind of provider drives a device; the engine snapshot names it per device.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ProviderKind {
+    /// The software DMA device (worker threads copying).
+    Software,
+    /// An Intel DSA work queue driven through its hardware portal or `write()` path.
+    Dsa,
+    /// The DSA provider over its descriptor-exact software portal (no hardware).
+    DsaEmulated,
+    /// Any other provider (the default of [`Provider::kind`]).
+    Other,
+}
+
+impl ProviderKind {
+    /// The lower-case name, as serialized.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            ProviderKind::Software => "software",
+            ProviderKind::Dsa => "dsa",
+            ProviderKind::DsaEmulated => "dsa_emulated",
+            ProviderKind::Other => "other",
+        }
+    }
+}
+
 /// Provider-level failure to allocate channel resources.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("{0}")]
@@ -72,6 +98,11 @@ pub enum ProviderSubmitError {
     NoResources,
     /// The device is gone (hot-unplugged).
     Gone,
+    /// The descriptor moves more bytes than one hardware descriptor may.
+    TooLarge {
+        /// The largest length the device accepts.
+        max: usize,
+    },
 }
 
 /// Which descriptors [`Provider::terminate_within`] cancels.
@@ -124,9 +155,18 @@ pub enum Terminated {
 ///    returns [`Terminated::WholeChannel`], rule 2 holds as for `terminate_all`; a
 ///    provider that returns `Exact` for [`Cancel::Only`] also says so in
 ///    [`cancels_exactly`](Provider::cancels_exactly).
+/// 6. when [`bytes_done`](Provider::bytes_done) answers `Some(n)` for a descriptor
+///    reported `Error`, its first `n` destination bytes hold their final values (a
+///    partial completion), and `n` is at most the descriptor's length.
 pub unsafe trait Provider: Send + Sync + 'static {
     /// The device's name, for logs and snapshots.
     fn name(&self) -> &str;
+
+    /// What kind of provider this is (named in the engine snapshot). Default
+    /// [`ProviderKind::Other`].
+    fn kind(&self) -> ProviderKind {
+        ProviderKind::Other
+    }
 
     /// The capabilities the device advertises (`cap_mask`). Read once at registration.
     fn capabilities(&self) -> CapMask;
@@ -203,4 +243,13 @@ pub unsafe trait Provider: Send + Sync + 'static {
 
     /// Transfers on this channel that ended in error so far.
     fn error_count(&self, chan: usize) -> u64;
+
+    /// For a descriptor that ended in `Error`: how many of its leading bytes the device
+    /// completed before it stopped (a partial completion, such as a DSA page fault), when
+    /// the device says so. `None` (the default) means unknown: the whole descriptor must
+    /// be redone. See rule 5 under Safety.
+    fn bytes_done(&self, chan: usize, seq: u64) -> Option<usize> {
+        let _ = (chan, seq);
+        None
+    }
 }

@@ -1,7 +1,7 @@
 //! A serializable picture of the engine (what Linux spreads over sysfs).
 
 use crate::table::TableSnapshot;
-use crate::{CapMask, ChannelCounters, ChannelId, DeviceId};
+use crate::{CapMask, ChannelCounters, ChannelId, DeviceId, ProviderKind};
 use serde::Serialize;
 
 /// Devices, channels, counters and the per-CPU table at one moment.
@@ -37,6 +37,8 @@ pub struct DeviceSnapshot {
     pub id: DeviceId,
     /// Its provider's name.
     pub name: String,
+    /// What kind of provider drives it.
+    pub provider: ProviderKind,
     /// Advertised capabilities.
     pub capabilities: CapMask,
     /// Whether the device is private (advertises `DMA_PRIVATE` or has a private channel

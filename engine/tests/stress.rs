@@ -7,6 +7,7 @@
 mod common;
 
 use common::{pattern, MockDevice};
+use dmaengine::dsa::{DsaDevice, EmulatedWq};
 use dmaengine::{
     scope, Cap, CapMask, Client, DeviceId, Engine, FaultInjector, FaultPlan, SoftwareDevice,
     SubmitError, UnregisterError, WaitError,
@@ -43,12 +44,14 @@ fn submit_kind(e: &SubmitError) -> &'static str {
         SubmitError::ChannelGone(_) => "channel_gone",
         SubmitError::Unsupported(_) => "unsupported",
         SubmitError::LengthMismatch { .. } => "length_mismatch",
+        SubmitError::TooLarge { .. } => "too_large",
     }
 }
 
 fn wait_kind(e: &WaitError) -> &'static str {
     match e {
         WaitError::Failed(_) => "failed",
+        WaitError::Partial { .. } => "partial",
         WaitError::Timeout { .. } => "timeout",
         WaitError::WrongChannel { .. } => "wrong_channel",
     }
@@ -100,6 +103,18 @@ fn copier(engine: Engine, index: usize, started: Arc<AtomicUsize>) -> CopyStats 
             Some(Err(Ok(e))) => {
                 stats.wait_errors += 1;
                 *stats.kinds.entry(wait_kind(&e)).or_default() += 1;
+                if let WaitError::Partial { bytes_done, .. } = e {
+                    // A partial completion: the prefix is final, the CPU copies exactly
+                    // the rest.
+                    assert!(bytes_done <= len);
+                    assert!(
+                        dst[..bytes_done] == src[..bytes_done],
+                        "thread {index}: prefix"
+                    );
+                    dst[bytes_done..].copy_from_slice(&src[bytes_done..]);
+                    assert!(dst == src);
+                    continue;
+                }
             }
             None => stats.no_channel += 1,
         }
@@ -145,7 +160,7 @@ impl Churn {
             })
             .build();
         self.software.push(sw.clone());
-        let kind = self.rng.random_range(0..4);
+        let kind = self.rng.random_range(0..5);
         let id = match kind {
             0 => {
                 let plan = FaultPlan {
@@ -156,6 +171,20 @@ impl Churn {
                 self.engine
                     .register_device(FaultInjector::new(sw, plan))
                     .unwrap()
+            }
+            // The DSA provider over its software portal, with page faults at random bytes.
+            4 => {
+                let wq = EmulatedWq::builder()
+                    .size(self.rng.random_range(4..=64))
+                    .max_transfer_size(MAX_LEN as u32)
+                    .build();
+                wq.random_page_faults(0.05, n as u64);
+                let dsa = DsaDevice::builder()
+                    .name(format!("dsa{n}"))
+                    .channels(self.rng.random_range(1..=3))
+                    .ring_size(1 << self.rng.random_range(2..=8))
+                    .emulated(wq);
+                self.engine.register_device(dsa).unwrap()
             }
             // A device no copier pins: it unregisters unless a churn client holds it.
             1 => self
@@ -308,7 +337,13 @@ fn copies_survive_device_client_and_cpu_churn() {
     assert!(total.completed > THREADS * COPIES / 2, "{total:?}");
     // Only the failures the churn can cause: no copy waited out its 5 s bound, none was
     // refused as malformed.
-    for kind in ["timeout", "wrong_channel", "unsupported", "length_mismatch"] {
+    for kind in [
+        "timeout",
+        "wrong_channel",
+        "unsupported",
+        "length_mismatch",
+        "too_large",
+    ] {
         assert_eq!(total.kinds.get(kind), None, "{kind}: {total:?}");
     }
 

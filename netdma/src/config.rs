@@ -18,6 +18,12 @@
 //! configuration reference and `netdma.example.toml` list the same keys, and tests check
 //! both against the table.
 //!
+//! `engine.provider = "dsa"` drives an Intel DSA work queue (`engine.dsa.wq`) and fails
+//! to start when none is usable, saying why; `"auto"` uses DSA when a usable WQ is found
+//! and the software device otherwise, logging which and why. `engine.dsa.emulate` runs
+//! the DSA provider over its software portal instead of hardware (for tests and for
+//! trying the provider on any machine).
+//!
 //! Value syntax per source:
 //! - TOML: booleans are `true`/`false`; integers must not be negative; `cpu_fraction`
 //!   accepts an integer or a float; `tcp_dma_copybreak` is an integer or the string `"auto"`.
@@ -268,16 +274,26 @@ pub enum ProviderKind {
     /// The software DMA device: descriptor rings drained by worker threads (`"software"`).
     #[default]
     Software,
+    /// An Intel DSA work queue (`"dsa"`); starting fails, saying why, when none is usable.
+    Dsa,
+    /// DSA when a usable work queue is found, else the software device (`"auto"`).
+    Auto,
 }
 
 impl ProviderKind {
     /// Every provider kind, in the order they are documented.
-    pub const ALL: &'static [ProviderKind] = &[ProviderKind::Software];
+    pub const ALL: &'static [ProviderKind] = &[
+        ProviderKind::Software,
+        ProviderKind::Dsa,
+        ProviderKind::Auto,
+    ];
 
     /// The lower-case name used in TOML, the environment and sysctl.
     pub fn as_str(self) -> &'static str {
         match self {
             ProviderKind::Software => "software",
+            ProviderKind::Dsa => "dsa",
+            ProviderKind::Auto => "auto",
         }
     }
 
@@ -351,6 +367,26 @@ impl WaitPolicy {
     }
 }
 
+/// The Intel DSA provider's settings (`[engine.dsa]`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DsaConfig {
+    /// The work queue: `"any"` (the first usable one, default), a name (`wq0.0`) or the
+    /// path of its character device (`/dev/dsa/wq0.0`).
+    pub wq: String,
+    /// Run the DSA provider over its software portal instead of hardware (default false).
+    pub emulate: bool,
+}
+
+impl Default for DsaConfig {
+    fn default() -> Self {
+        DsaConfig {
+            wq: "any".to_owned(),
+            emulate: false,
+        }
+    }
+}
+
 /// How the DMA engine is built. Fixed once the engine runs: read-only through
 /// [`NetDmaConfig::set`].
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -364,6 +400,8 @@ pub struct EngineConfig {
     pub pin_workers: bool,
     /// Descriptors per channel ring (a power of two in `2..=65536`, default 1024).
     pub ring_size: usize,
+    /// The DSA provider's settings.
+    pub dsa: DsaConfig,
 }
 
 impl Default for EngineConfig {
@@ -373,6 +411,7 @@ impl Default for EngineConfig {
             channels: 2,
             pin_workers: false,
             ring_size: 1024,
+            dsa: DsaConfig::default(),
         }
     }
 }
@@ -438,11 +477,22 @@ const ENV_PREFIX: &str = "NETDMA_";
 #[derive(Debug, Clone, Copy)]
 enum Kind {
     Bool,
-    Uint { min: u64, max: u64 },
-    PowerOfTwo { min: u64, max: u64 },
-    Float { min: f64, max: f64 },
+    Uint {
+        min: u64,
+        max: u64,
+    },
+    PowerOfTwo {
+        min: u64,
+        max: u64,
+    },
+    Float {
+        min: f64,
+        max: f64,
+    },
     Copybreak,
     Provider,
+    /// `"any"`, a WQ name or a path: non-empty, no control characters.
+    Wq,
 }
 
 /// Where a textual value came from: decides the boolean syntax.
@@ -453,13 +503,14 @@ enum Source {
 }
 
 /// A typed value moved between the table and the configuration.
-#[derive(Debug, Clone, Copy, PartialEq)]
+#[derive(Debug, Clone, PartialEq)]
 enum Val {
     Bool(bool),
     Uint(u64),
     Float(f64),
     Copybreak(Copybreak),
     Provider(ProviderKind),
+    Text(String),
 }
 
 impl fmt::Display for Val {
@@ -471,6 +522,7 @@ impl fmt::Display for Val {
             Val::Float(x) => write!(f, "{x}"),
             Val::Copybreak(c) => write!(f, "{c}"),
             Val::Provider(p) => write!(f, "{p}"),
+            Val::Text(t) => f.write_str(t),
         }
     }
 }
@@ -485,6 +537,7 @@ impl Kind {
             Kind::Float { min, max } => format!("{min:?}..={max:?}"),
             Kind::Copybreak => format!("0..={} or \"auto\"", usize::MAX),
             Kind::Provider => ProviderKind::expected(),
+            Kind::Wq => WQ_EXPECTED.to_owned(),
         }
     }
 
@@ -502,6 +555,7 @@ impl Kind {
             (Kind::Float { min, max }, _) => format!("a number in {min:?}..={max:?}"),
             (Kind::Copybreak, _) => Copybreak::expected(),
             (Kind::Provider, _) => ProviderKind::expected(),
+            (Kind::Wq, _) => WQ_EXPECTED.to_owned(),
         }
     }
 
@@ -510,18 +564,20 @@ impl Kind {
         match self {
             Kind::Bool => "a boolean (true or false)".to_owned(),
             Kind::Provider => format!("a string, {}", ProviderKind::expected()),
+            Kind::Wq => format!("a string, {WQ_EXPECTED}"),
             other => other.expected_text(Source::Sysctl),
         }
     }
 
     /// Whether a well-formed value lies in the accepted range.
-    fn in_range(self, v: Val) -> bool {
+    fn in_range(self, v: &Val) -> bool {
         match (self, v) {
-            (Kind::Uint { min, max }, Val::Uint(n)) => (min..=max).contains(&n),
+            (Kind::Uint { min, max }, Val::Uint(n)) => (min..=max).contains(n),
             (Kind::PowerOfTwo { min, max }, Val::Uint(n)) => {
-                n.is_power_of_two() && (min..=max).contains(&n)
+                n.is_power_of_two() && (min..=max).contains(n)
             }
-            (Kind::Float { min, max }, Val::Float(x)) => x.is_finite() && min <= x && x <= max,
+            (Kind::Float { min, max }, Val::Float(x)) => x.is_finite() && min <= *x && *x <= max,
+            (Kind::Wq, Val::Text(t)) => wq_ok(t),
             (Kind::Bool, Val::Bool(_))
             | (Kind::Copybreak, Val::Copybreak(_))
             | (Kind::Provider, Val::Provider(_)) => true,
@@ -556,6 +612,8 @@ impl Kind {
             },
             Kind::Copybreak => t.parse().map(Val::Copybreak).map_err(|_| ()),
             Kind::Provider => t.parse().map(Val::Provider).map_err(|_| ()),
+            Kind::Wq if wq_ok(t) => Ok(Val::Text(t.to_owned())),
+            Kind::Wq => Err(()),
         }
     }
 
@@ -574,9 +632,17 @@ impl Kind {
                 .map_err(|_| ()),
             (Kind::Copybreak, V::String(s)) => s.parse().map(Val::Copybreak).map_err(|_| ()),
             (Kind::Provider, V::String(s)) => s.parse().map(Val::Provider).map_err(|_| ()),
+            (Kind::Wq, V::String(s)) if wq_ok(s.trim()) => Ok(Val::Text(s.trim().to_owned())),
             _ => Err(()),
         }
     }
+}
+
+const WQ_EXPECTED: &str = "\"any\", a work queue name (wq0.0) or its path (/dev/dsa/wq0.0)";
+
+/// Whether `t` can name a work queue: non-empty, without control characters.
+fn wq_ok(t: &str) -> bool {
+    !t.is_empty() && !t.chars().any(char::is_control)
 }
 
 /// One configuration key and its names in every source.
@@ -639,7 +705,7 @@ impl KeyInfo {
                 value: text.to_owned(),
                 expected: self.kind.expected_text(source),
             })?;
-        if !self.kind.in_range(v) {
+        if !self.kind.in_range(&v) {
             return Err(self.out_of_range(key, text.trim()));
         }
         (self.put)(cfg, v);
@@ -703,6 +769,16 @@ macro_rules! accessors {
             },
         )
     };
+    (text, $($f:ident).+) => {
+        (
+            |c: &NetDmaConfig| Val::Text(c.$($f).+.clone()),
+            |c: &mut NetDmaConfig, v: Val| {
+                if let Val::Text(x) = v {
+                    c.$($f).+ = x;
+                }
+            },
+        )
+    };
     (provider, $($f:ident).+) => {
         (
             |c: &NetDmaConfig| Val::Provider(c.$($f).+),
@@ -736,7 +812,7 @@ macro_rules! key {
 const RW: bool = true;
 const RO: bool = false;
 
-static KEYS: [KeyInfo; 13] = [
+static KEYS: [KeyInfo; 15] = [
     key! { "enabled", "net.netdma.enabled", "NETDMA_ENABLED", RW,
     Kind::Bool, bool, enabled,
     "Offload receive copies at all." },
@@ -776,6 +852,12 @@ static KEYS: [KeyInfo; 13] = [
     key! { "engine.ring_size", "net.netdma.engine.ring_size", "NETDMA_ENGINE_RING_SIZE", RO,
     Kind::PowerOfTwo { min: 2, max: 65536 }, usize, engine.ring_size,
     "Descriptors per channel ring." },
+    key! { "engine.dsa.wq", "net.netdma.engine.dsa.wq", "NETDMA_ENGINE_DSA_WQ", RO,
+    Kind::Wq, text, engine.dsa.wq,
+    "The DSA work queue: \"any\", a name or a path." },
+    key! { "engine.dsa.emulate", "net.netdma.engine.dsa.emulate", "NETDMA_ENGINE_DSA_EMULATE", RO,
+    Kind::Bool, bool, engine.dsa.emulate,
+    "Run the DSA provider over its software portal." },
 ];
 
 fn key_by_sysctl(name: &str) -> Option<&'static KeyInfo> {
@@ -823,7 +905,7 @@ impl NetDmaConfig {
     fn validate_named(&self, name: impl Fn(&KeyInfo) -> &str) -> Result<(), ConfigError> {
         for k in &KEYS {
             let v = (k.get)(self);
-            if !k.kind.in_range(v) {
+            if !k.kind.in_range(&v) {
                 return Err(k.out_of_range(name(k), v.to_string()));
             }
         }
@@ -986,7 +1068,7 @@ fn apply_toml_table(
                 value: v.to_string(),
                 expected: info.kind.expected_toml(),
             })?;
-        if !info.kind.in_range(val) {
+        if !info.kind.in_range(&val) {
             return Err(info.out_of_range(&path, v.to_string()));
         }
         (info.put)(cfg, val);
@@ -1067,7 +1149,7 @@ mod tests {
     #[test]
     fn key_table_is_consistent() {
         let keys = NetDmaConfig::keys();
-        assert_eq!(keys.len(), 13);
+        assert_eq!(keys.len(), 15);
         for (i, k) in keys.iter().enumerate() {
             // Names are unique in every scheme.
             for other in &keys[i + 1..] {
@@ -1117,10 +1199,14 @@ timeout_ms = 250
 spin_us = 0
 
 [engine]
-provider = "software"
+provider = "auto"
 channels = 4
 pin_workers = true
 ring_size = 256
+
+[engine.dsa]
+wq = "/dev/dsa/wq1.0"
+emulate = true
 "#;
 
     fn full() -> NetDmaConfig {
@@ -1137,10 +1223,14 @@ ring_size = 256
                 spin_us: 0,
             },
             engine: EngineConfig {
-                provider: ProviderKind::Software,
+                provider: ProviderKind::Auto,
                 channels: 4,
                 pin_workers: true,
                 ring_size: 256,
+                dsa: DsaConfig {
+                    wq: "/dev/dsa/wq1.0".to_owned(),
+                    emulate: true,
+                },
             },
         }
     }
@@ -1397,6 +1487,48 @@ ring_size = 256
     }
 
     #[test]
+    fn dsa_keys_in_every_source() {
+        let c = NetDmaConfig::from_toml_str(
+            "[engine]\nprovider = \"auto\"\n[engine.dsa]\nwq = \"/dev/dsa/wq0.1\"\n",
+        )
+        .unwrap();
+        assert_eq!(c.engine.provider, ProviderKind::Auto);
+        assert_eq!(c.engine.dsa.wq, "/dev/dsa/wq0.1");
+        assert!(!c.engine.dsa.emulate);
+        assert_eq!(c.get("net.netdma.engine.dsa.wq").unwrap(), "/dev/dsa/wq0.1");
+        assert_eq!(c.get("net.netdma.engine.dsa.emulate").unwrap(), "0");
+        assert_eq!(c.get("net.netdma.engine.provider").unwrap(), "auto");
+        let mut c2 = c.clone();
+        assert!(matches!(
+            c2.set("net.netdma.engine.dsa.wq", "any"),
+            Err(ConfigError::ReadOnly(_))
+        ));
+        match NetDmaConfig::from_toml_str("[engine.dsa]\nwq = \"\"\n") {
+            Err(ConfigError::InvalidValue { key, .. }) => assert_eq!(key, "engine.dsa.wq"),
+            other => panic!("{other:?}"),
+        }
+        match NetDmaConfig::from_toml_str("[engine]\nprovider = \"ioat\"\n") {
+            Err(e @ ConfigError::InvalidValue { .. }) => {
+                assert!(e.to_string().contains("\"dsa\""), "{e}")
+            }
+            other => panic!("{other:?}"),
+        }
+        match NetDmaConfig::from_toml_str("[engine.dsa]\nqueue = 1\n") {
+            Err(ConfigError::UnknownKey(k)) => assert_eq!(k, "engine.dsa.queue"),
+            other => panic!("{other:?}"),
+        }
+        let mut e = NetDmaConfig::default();
+        assert!(e
+            .apply_env_from([("NETDMA_ENGINE_DSA_EMULATE", "maybe")])
+            .is_err());
+        e.apply_env_from([("NETDMA_ENGINE_DSA_EMULATE", "on")])
+            .unwrap();
+        assert!(e.engine.dsa.emulate);
+        let text = c.to_toml_string().unwrap();
+        assert_eq!(NetDmaConfig::from_toml_str(&text).unwrap(), c);
+    }
+
+    #[test]
     fn env_overrides() {
         let mut c = NetDmaConfig::default();
         c.apply_env_from(env(&[
@@ -1410,10 +1542,12 @@ ring_size = 256
             ("NETDMA_WAIT_SPIN_US", "0"),
             ("NETDMA_CPU_FRACTION", "0.5"),
             ("NETDMA_IDLE_RELEASE_MS", "60000"),
-            ("NETDMA_ENGINE_PROVIDER", "software"),
+            ("NETDMA_ENGINE_PROVIDER", "DSA"),
             ("NETDMA_ENGINE_CHANNELS", "8"),
             ("NETDMA_ENGINE_PIN_WORKERS", "1"),
             ("NETDMA_ENGINE_RING_SIZE", "4096"),
+            ("NETDMA_ENGINE_DSA_WQ", " wq2.1 "),
+            ("NETDMA_ENGINE_DSA_EMULATE", "yes"),
         ]))
         .unwrap();
         let expected = NetDmaConfig {
@@ -1429,10 +1563,14 @@ ring_size = 256
                 spin_us: 0,
             },
             engine: EngineConfig {
-                provider: ProviderKind::Software,
+                provider: ProviderKind::Dsa,
                 channels: 8,
                 pin_workers: true,
                 ring_size: 4096,
+                dsa: DsaConfig {
+                    wq: "wq2.1".to_owned(),
+                    emulate: true,
+                },
             },
         };
         assert_eq!(c, expected);
@@ -1483,7 +1621,7 @@ ring_size = 256
             ConfigError::OutOfRange { key, .. } if key == "NETDMA_ENGINE_RING_SIZE"
         ));
         assert!(matches!(
-            check(&[("NETDMA_ENGINE_PROVIDER", "dsa")]),
+            check(&[("NETDMA_ENGINE_PROVIDER", "ioat")]),
             ConfigError::InvalidValue { key, .. } if key == "NETDMA_ENGINE_PROVIDER"
         ));
         let err = check(&[("NETDMA_COPYBREAK", "4096")]);

@@ -35,6 +35,10 @@ pub enum ControlError {
     /// The DMA device could not be registered.
     #[error("registering the DMA device failed: {0}")]
     Register(#[from] dmaengine::RegisterError),
+    /// `engine.provider = "dsa"` and no DSA work queue is usable; says exactly why.
+    #[cfg(not(loom))]
+    #[error("engine.provider = \"dsa\": {0}")]
+    Dsa(#[from] dmaengine::dsa::DiscoveryError),
 }
 
 /// The per-read parameters, copied out of the configuration once per read.
@@ -115,6 +119,32 @@ pub struct NetDmaSnapshot {
     pub engine: EngineSnapshot,
 }
 
+/// The DSA provider `config.engine` describes: over the software portal with
+/// `engine.dsa.emulate`, else over the work queue `engine.dsa.wq` found on this machine.
+#[cfg(not(loom))]
+fn dsa_device(
+    config: &NetDmaConfig,
+) -> Result<std::sync::Arc<dmaengine::dsa::DsaDevice>, dmaengine::dsa::DiscoveryError> {
+    use dmaengine::dsa::{CpuFeatures, DsaDevice, DsaPaths, EmulatedWq, WqSelection};
+    let e = &config.engine;
+    let builder = DsaDevice::builder()
+        .channels(e.channels)
+        .ring_size(e.ring_size.min(4096))
+        .spin(config.wait.spin());
+    if e.dsa.emulate {
+        // Any chunk the configuration allows fits one descriptor of the software portal.
+        let wq = EmulatedWq::builder()
+            .max_transfer_size(crate::config::MAX_CHUNK_SIZE as u32)
+            .spin(config.wait.spin())
+            .build();
+        return Ok(builder.emulated(wq));
+    }
+    let cpu = CpuFeatures::detect();
+    let wq =
+        dmaengine::dsa::discover::find(&DsaPaths::default(), cpu, &WqSelection::parse(&e.dsa.wq))?;
+    builder.open(&wq, cpu)
+}
+
 impl NetDma {
     /// Offload over `engine` with `config` (validated). Takes the engine client now if
     /// `config.enabled`.
@@ -130,15 +160,28 @@ impl NetDma {
         use dmaengine::SoftwareDevice;
         config.validate()?;
         let engine = Engine::new();
-        let device = match config.engine.provider {
-            crate::config::ProviderKind::Software => SoftwareDevice::builder()
+        let software = || {
+            SoftwareDevice::builder()
                 .channels(config.engine.channels)
                 .ring_size(config.engine.ring_size)
                 .pin_workers(config.engine.pin_workers)
                 .spin(config.wait.spin())
-                .build(),
+                .build()
         };
-        let id = engine.register_device(device)?;
+        let id = match config.engine.provider {
+            crate::config::ProviderKind::Software => engine.register_device(software())?,
+            crate::config::ProviderKind::Dsa => engine.register_device(dsa_device(&config)?)?,
+            crate::config::ProviderKind::Auto => match dsa_device(&config) {
+                Ok(dsa) => {
+                    tracing::info!(wq = %dsa.wq().name, path = ?dsa.submit_path(), "engine.provider = auto: using DSA");
+                    engine.register_device(dsa)?
+                }
+                Err(e) => {
+                    tracing::info!(reason = %e, "engine.provider = auto: no usable DSA work queue, using the software device");
+                    engine.register_device(software())?
+                }
+            },
+        };
         Self::build(engine, Some(id), config)
     }
 

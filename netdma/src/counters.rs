@@ -29,11 +29,14 @@ pub enum Fallback {
     /// Another read's copy on the same channel timed out and the device, which can only
     /// cancel a whole channel, aborted this copy with it. Not a fault of this read's.
     Aborted,
+    /// The engine completed only part of a copy (a page fault on DSA); the CPU copied
+    /// exactly the rest. Counted per descriptor, with the bytes the CPU copied.
+    Partial,
 }
 
 impl Fallback {
     /// Every reason, in counter order.
-    pub const ALL: [Fallback; 10] = [
+    pub const ALL: [Fallback; 11] = [
         Fallback::BelowCopybreak,
         Fallback::Disabled,
         Fallback::LowLatency,
@@ -44,6 +47,7 @@ impl Fallback {
         Fallback::Timeout,
         Fallback::Adaptive,
         Fallback::Aborted,
+        Fallback::Partial,
     ];
 }
 
@@ -105,6 +109,7 @@ impl Counters {
             timeout: arr[Fallback::Timeout as usize].load(Ordering::Relaxed),
             adaptive: arr[Fallback::Adaptive as usize].load(Ordering::Relaxed),
             aborted: arr[Fallback::Aborted as usize].load(Ordering::Relaxed),
+            partial: arr[Fallback::Partial as usize].load(Ordering::Relaxed),
         };
         RecvStats {
             dma_bytes: self.dma_bytes.load(Ordering::Relaxed),
@@ -141,6 +146,8 @@ pub struct FallbackCounts {
     pub adaptive: u64,
     /// See [`Fallback::Aborted`].
     pub aborted: u64,
+    /// See [`Fallback::Partial`].
+    pub partial: u64,
 }
 
 impl FallbackCounts {
@@ -157,6 +164,7 @@ impl FallbackCounts {
             Fallback::Timeout => self.timeout,
             Fallback::Adaptive => self.adaptive,
             Fallback::Aborted => self.aborted,
+            Fallback::Partial => self.partial,
         }
     }
 }
@@ -174,7 +182,7 @@ pub struct RecvStats {
     /// Reads copied entirely by the CPU.
     pub cpu_reads: u64,
     /// Fallback events by reason: reads for the per-read reasons, descriptors for
-    /// `ring_full`, `channel_error`, `timeout` and `aborted`.
+    /// `ring_full`, `channel_error`, `timeout`, `aborted` and `partial`.
     pub fallback: FallbackCounts,
     /// Bytes affected by each fallback reason.
     pub fallback_bytes: FallbackCounts,

@@ -909,6 +909,13 @@ fn retire_read(
         }
         if front.cookie.is_some() {
             if status != TxStatus::Complete {
+                // A partial completion (a DSA page fault) leaves a final prefix: the CPU
+                // copies exactly the rest.
+                let partial = front
+                    .cookie
+                    .and_then(|c| channel.bytes_done(c).ok().flatten())
+                    .filter(|&d| d <= dma_len);
+                let done = partial.unwrap_or(0);
                 // Redo exactly this chunk's DMA part from the ring, still unconsumed at
                 // its front.
                 let region = match socket.peek(dma_len) {
@@ -922,18 +929,21 @@ fn retire_read(
                 // exists while later chunks are in flight into other parts of it.
                 unsafe {
                     std::ptr::copy_nonoverlapping(
-                        region.as_ptr(),
-                        p.buf.as_mut_ptr().add(p.filled),
-                        dma_len,
+                        region.as_ptr().add(done),
+                        p.buf.as_mut_ptr().add(p.filled + done),
+                        dma_len - done,
                     );
                 }
                 let reason = match front.cookie {
+                    _ if partial.is_some() => Fallback::Partial,
                     _ if timed_out => Fallback::Timeout,
                     Some(cookie) => failure(&channel, cookie),
                     None => Fallback::ChannelError,
                 };
-                netdma.counters.cpu(dma_len);
-                netdma.counters.fallback(reason, dma_len);
+                netdma.counters.dma(done);
+                p.dma_bytes += done;
+                netdma.counters.cpu(dma_len - done);
+                netdma.counters.fallback(reason, dma_len - done);
                 p.dma_failed = true;
             } else {
                 netdma.counters.dma(dma_len);

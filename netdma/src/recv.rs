@@ -272,6 +272,11 @@ fn copy_region(
                     counters.in_flight_sub(n);
                     match result {
                         Ok(()) => counters.dma(n),
+                        // A partial completion: the prefix is final, the CPU copies the rest.
+                        Err(WaitError::Partial { bytes_done, .. }) if bytes_done <= n => {
+                            counters.dma(bytes_done);
+                            failed.push((off + bytes_done, n - bytes_done, Fallback::Partial));
+                        }
                         Err(WaitError::Timeout { .. }) => {
                             // Cancel this copy alone: other reads' copies on the channel
                             // go on. Not confirmed in time (`Pending`), the scope still

@@ -198,8 +198,20 @@ impl Report {
             self.submit_ns_per_desc_unbatched
         );
         s += &format!(
-            "| completion, doorbell to completion seen (64 B copy, worker spinning) | p50 {:.0} ns, p99 {:.0} ns ({} samples) |\n\n",
+            "| completion, doorbell to completion seen (64 B copy, worker spinning) | p50 {:.0} ns, p99 {:.0} ns ({} samples) |\n",
             self.completion.p50_ns, self.completion.p99_ns, self.completion.samples
+        );
+        s += &format!(
+            "| emulated DSA: submit, {} descriptors then one doorbell (one BATCH) | {:.1} ns per descriptor |\n",
+            self.submit_batch, self.dsa_submit_ns_per_desc
+        );
+        s += &format!(
+            "| emulated DSA: submit, one doorbell (portal write) each | {:.1} ns per descriptor |\n",
+            self.dsa_submit_ns_per_desc_unbatched
+        );
+        s += &format!(
+            "| emulated DSA: completion, doorbell to completion record seen (64 B copy, portal thread spinning) | p50 {:.0} ns, p99 {:.0} ns ({} samples) |\n\n",
+            self.dsa_completion.p50_ns, self.dsa_completion.p99_ns, self.dsa_completion.samples
         );
 
         s += "## Copy throughput (GB/s)\n\n";

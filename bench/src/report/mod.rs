@@ -290,6 +290,13 @@ pub struct Report {
     pub submit_batch: usize,
     /// Completion latency with a spinning worker.
     pub completion: Latency,
+    /// The DSA provider on its software portal: submission, ns per descriptor, batched
+    /// (one BATCH descriptor per doorbell).
+    pub dsa_submit_ns_per_desc: f64,
+    /// The same, one doorbell (one portal write) each.
+    pub dsa_submit_ns_per_desc_unbatched: f64,
+    /// Its completion latency (record written by the portal thread, seen by a poller).
+    pub dsa_completion: Latency,
     /// The headline receive comparison.
     pub headline: Headline,
     /// Copy throughput table.
@@ -323,6 +330,15 @@ pub fn run(scale: &Scale, log: &mut dyn FnMut(&str)) -> Result<Report, String> {
     let completion = engine_ops::completion_latency(&mut ebed, &chan, scale.latency_samples);
     drop(chan);
     drop(ebed);
+    log("engine: the same on the emulated DSA provider");
+    let mut dbed = EngineBed::new_dsa_emulated(Duration::from_millis(2), k)?;
+    let chan = dbed.private_channel()?;
+    let dsa_submit_ns_per_desc = engine_ops::submit_ns_per_desc(&mut dbed, &chan, k, true, rounds);
+    let dsa_submit_ns_per_desc_unbatched =
+        engine_ops::submit_ns_per_desc(&mut dbed, &chan, k, false, rounds);
+    let dsa_completion = engine_ops::completion_latency(&mut dbed, &chan, scale.latency_samples);
+    drop(chan);
+    drop(dbed);
 
     let headline = measure_headline(scale, log)?;
     log("copy table");
@@ -340,6 +356,9 @@ pub fn run(scale: &Scale, log: &mut dyn FnMut(&str)) -> Result<Report, String> {
         submit_ns_per_desc_unbatched,
         submit_batch: k,
         completion,
+        dsa_submit_ns_per_desc,
+        dsa_submit_ns_per_desc_unbatched,
+        dsa_completion,
         headline,
         copy_table,
         recv_table,

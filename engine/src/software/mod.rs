@@ -443,6 +443,10 @@ unsafe impl Provider for SoftwareDevice {
         &self.name
     }
 
+    fn kind(&self) -> crate::ProviderKind {
+        crate::ProviderKind::Software
+    }
+
     fn capabilities(&self) -> CapMask {
         if self.memset {
             CapMask::of(&[Cap::Memcpy, Cap::Memset])

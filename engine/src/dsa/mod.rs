@@ -1,0 +1,881 @@
+//! The Intel DSA provider: an idxd user work queue driven with its real descriptor
+//! formats, detected at run time, and a descriptor-exact software portal that runs the
+//! same provider on machines without DSA.
+//!
+//! - [`hw`]: the 64-byte work descriptor and 32-byte completion record of Linux's uapi
+//!   `idxd.h`, opcodes, flags, and every completion status decoded into [`DsaError`].
+//! - [`discover`]: CPUID (MOVDIR64B, ENQCMD), the `dsa` bus in sysfs and `/dev/dsa`,
+//!   each root configurable ([`DsaPaths`]); [`DiscoveryError`] says what is missing.
+//! - [`DsaDevice`]: a [`Provider`] over one WQ. Each channel owns a ring of work
+//!   descriptors and a ring of 32-byte aligned completion records. On a **dedicated** WQ,
+//!   descriptors wait for the doorbell ([`Provider::issue_pending`]) and go out as one
+//!   BATCH descriptor per contiguous run (where the device has BATCH and the path allows
+//!   it), by MOVDIR64B; the provider counts the WQ entries it has outstanding, and a
+//!   submission that would overflow the queue is refused with `RingFull`, the caller's
+//!   CPU fallback. On a **shared** WQ each descriptor goes out as it is submitted, by
+//!   ENQCMD, retried a bounded number of times while the queue refuses, then `RingFull`.
+//!   Where the kernel refuses to map the portal (Linux 6.9.1 and later on current parts,
+//!   without CAP_SYS_RAWIO) descriptors go through `write()` on the WQ's file instead.
+//! - Completion: each record's status byte is polled with Acquire, every wait bounded by
+//!   its deadline. A page fault with block-on-fault clear (status 0x03) ends the transfer
+//!   in `Error` with [`Provider::bytes_done`] reporting the bytes done, so that the caller
+//!   finishes exactly the rest with the CPU.
+//! - [`EmulatedWq`]: the software portal, with injectable page faults, bad opcodes,
+//!   out-of-range sizes and stalls.
+//!
+//! Only the instruction that writes the portal needs the hardware; it is used only when
+//! CPUID reports it.
+
+pub mod discover;
+pub mod emulated;
+pub mod hw;
+mod portal;
+
+pub use discover::{
+    CpuFeatures, DiscoveryError, DsaPaths, WqInfo, WqMode, WqRejection, WqSelection,
+};
+pub use emulated::{EmulatedWq, EmulatedWqBuilder, EmulatedWqStats, Injection};
+pub use hw::{CompletionRecord, DsaError, WorkDescriptor};
+pub use portal::SubmitPath;
+
+use self::hw::{flags, opcode, status, RecordRef};
+use self::portal::Portal;
+use crate::provider::{Descriptor, Provider, ProviderError, ProviderKind, ProviderSubmitError};
+use crate::{Cap, CapMask, TxStatus};
+use crossbeam_utils::CachePadded;
+use parking_lot::Mutex;
+use serde::Serialize;
+use std::cell::UnsafeCell;
+use std::collections::{BTreeMap, VecDeque};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// Failures whose details are kept exactly; older ones are folded (see `Failures`).
+const FAILURES_KEPT: usize = 4096;
+
+/// Builds a [`DsaDevice`].
+#[derive(Clone, Debug)]
+pub struct DsaDeviceBuilder {
+    name: Option<String>,
+    channels: usize,
+    ring_size: usize,
+    batch: bool,
+    cache_control: bool,
+    block_on_fault: bool,
+    enqcmd_retries: u32,
+    spin: Duration,
+}
+
+impl DsaDeviceBuilder {
+    /// The device's name (default `dsa-<wq>`, or `dsa-emulated`).
+    pub fn name(mut self, name: impl Into<String>) -> Self {
+        self.name = Some(name.into());
+        self
+    }
+
+    /// Channels sharing the WQ (default 1).
+    pub fn channels(mut self, n: usize) -> Self {
+        self.channels = n;
+        self
+    }
+
+    /// Descriptors and completion records per channel ring (default 256, a power of two,
+    /// at least 2).
+    pub fn ring_size(mut self, n: usize) -> Self {
+        self.ring_size = n.max(2).next_power_of_two();
+        self
+    }
+
+    /// Send each doorbell's run of descriptors as one BATCH descriptor where the device
+    /// and the submission path allow it (default on).
+    pub fn batch(mut self, on: bool) -> Self {
+        self.batch = on;
+        self
+    }
+
+    /// Set the cache-control flag: the device writes destinations into the cache, which
+    /// the receiver reads next (default on).
+    pub fn cache_control(mut self, on: bool) -> Self {
+        self.cache_control = on;
+        self
+    }
+
+    /// Set block-on-fault: the device waits for page faults to be resolved instead of
+    /// stopping with a partial completion (default off: the CPU finishes the rest).
+    pub fn block_on_fault(mut self, on: bool) -> Self {
+        self.block_on_fault = on;
+        self
+    }
+
+    /// ENQCMD attempts after the first refusal before `RingFull` (default 8).
+    pub fn enqcmd_retries(mut self, n: u32) -> Self {
+        self.enqcmd_retries = n;
+        self
+    }
+
+    /// How long a waiter spins before it starts yielding (default 20 us).
+    pub fn spin(mut self, spin: Duration) -> Self {
+        self.spin = spin;
+        self
+    }
+
+    /// The provider over the software portal `wq`.
+    pub fn emulated(self, wq: Arc<EmulatedWq>) -> Arc<DsaDevice> {
+        let info = wq.info();
+        let name = self.name.clone().unwrap_or_else(|| "dsa-emulated".into());
+        self.build(name, info, Portal::Emulated(wq))
+    }
+
+    /// The provider over the hardware WQ `wq`: opens its character device and maps its
+    /// portal (or uses `write()` where that is refused or the CPU lacks the instruction).
+    pub fn open(self, wq: &WqInfo, cpu: CpuFeatures) -> Result<Arc<DsaDevice>, DiscoveryError> {
+        let portal = Portal::open(wq, cpu)?;
+        let name = self
+            .name
+            .clone()
+            .unwrap_or_else(|| format!("dsa-{}", wq.name));
+        Ok(self.build(name, wq.clone(), portal))
+    }
+
+    fn build(self, name: String, wq: WqInfo, portal: Portal) -> Arc<DsaDevice> {
+        let path = portal.path();
+        let emulated = matches!(portal, Portal::Emulated(_));
+        // BATCH through write() is refused on DSA 1.0; keep it to the portal instructions.
+        let batch = self.batch && wq.batch && wq.max_batch_size >= 2 && path != SubmitPath::Write;
+        let mut base_flags = flags::CRAV | flags::RCR;
+        if self.cache_control {
+            base_flags |= flags::CC;
+        }
+        if self.block_on_fault {
+            base_flags |= flags::BOF;
+        }
+        let max_transfer =
+            usize::try_from(wq.max_transfer_size.min(u64::from(u32::MAX))).unwrap_or(usize::MAX);
+        Arc::new(DsaDevice {
+            channels: (0..self.channels)
+                .map(|i| DsaChannel::new(i, self.ring_size))
+                .collect(),
+            kind: if emulated {
+                ProviderKind::DsaEmulated
+            } else {
+                ProviderKind::Dsa
+            },
+            shared: wq.mode == WqMode::Shared,
+            wq_size: wq.size.max(1),
+            max_transfer,
+            max_batch: wq.max_batch_size.min(self.ring_size),
+            batch,
+            memset: wq.memfill,
+            base_flags,
+            enqcmd_retries: self.enqcmd_retries,
+            spin: self.spin,
+            occupancy: AtomicUsize::new(0),
+            stats: Stats::default(),
+            name,
+            wq,
+            portal,
+        })
+    }
+}
+
+#[derive(Default)]
+struct Stats {
+    descriptors: AtomicU64,
+    portal_writes: AtomicU64,
+    batches: AtomicU64,
+    refusals: AtomicU64,
+    ring_full: AtomicU64,
+    partial: AtomicU64,
+}
+
+/// What the provider did so far.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct DsaStats {
+    /// Descriptors accepted from callers.
+    pub descriptors: u64,
+    /// Portal writes (MOVDIR64B, ENQCMD, `write()` or the software portal).
+    pub portal_writes: u64,
+    /// BATCH descriptors among them.
+    pub batches: u64,
+    /// Portal writes the WQ refused (shared WQ full), retries included.
+    pub refusals: u64,
+    /// Submissions refused with `RingFull` (occupancy or ring exhausted, or ENQCMD
+    /// refused after its retries).
+    pub ring_full: u64,
+    /// Transfers that ended in a partial completion (page fault).
+    pub partial_completions: u64,
+}
+
+/// The Intel DSA provider over one work queue. See the [module documentation](self).
+pub struct DsaDevice {
+    name: String,
+    wq: WqInfo,
+    portal: Portal,
+    kind: ProviderKind,
+    shared: bool,
+    wq_size: usize,
+    max_transfer: usize,
+    max_batch: usize,
+    batch: bool,
+    memset: bool,
+    base_flags: u32,
+    enqcmd_retries: u32,
+    spin: Duration,
+    /// WQ entries this device holds (dedicated WQ): reserved by submissions, held by
+    /// descriptors at the device until their record is written.
+    occupancy: AtomicUsize,
+    stats: Stats,
+    channels: Box<[DsaChannel]>,
+}
+
+impl std::fmt::Debug for DsaDevice {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DsaDevice")
+            .field("name", &self.name)
+            .field("wq", &self.wq.name)
+            .field("path", &self.portal.path())
+            .finish_non_exhaustive()
+    }
+}
+
+/// One ring entry: a descriptor (64-byte aligned) or a record (32-byte aligned) that the
+/// device reads or writes asynchronously.
+type Slot<T> = UnsafeCell<T>;
+
+/// A WQ entry this channel holds at the device: the record that frees it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Entry {
+    slot: usize,
+    batch: bool,
+}
+
+/// Failed sequence numbers with the bytes done, exact for recent ones; older ones are
+/// folded into "failed, nothing known" for every sequence at or below `folded_upto`
+/// (conservative: a caller redoes a copy that may have been fine).
+#[derive(Default)]
+struct Failures {
+    exact: BTreeMap<u64, Option<usize>>,
+    folded_upto: u64,
+}
+
+impl Failures {
+    fn insert(&mut self, seq: u64, done: Option<usize>) {
+        self.exact.insert(seq, done);
+        if self.exact.len() > FAILURES_KEPT {
+            let keep = self
+                .exact
+                .split_off(&(seq - (FAILURES_KEPT as u64 / 2).min(seq)));
+            if let Some((&max, _)) = self.exact.last_key_value() {
+                self.folded_upto = self.folded_upto.max(max);
+            }
+            self.exact = keep;
+        }
+    }
+
+    fn get(&self, seq: u64) -> Option<Option<usize>> {
+        match self.exact.get(&seq) {
+            Some(&d) => Some(d),
+            None if seq <= self.folded_upto => Some(None),
+            None => None,
+        }
+    }
+}
+
+struct ChanState {
+    allocated: bool,
+    next_seq: u64,
+    /// Every sequence up to this one was written to the portal (or completed without it).
+    issued_upto: u64,
+    /// WQ entries at the device (dedicated WQ), freed when their record is written.
+    entries: VecDeque<Entry>,
+    failures: Failures,
+}
+
+struct DsaChannel {
+    ring_size: usize,
+    index: usize,
+    descs: Box<[Slot<WorkDescriptor>]>,
+    records: Box<[Slot<CompletionRecord>]>,
+    batch_records: Box<[Slot<CompletionRecord>]>,
+    /// Every sequence up to this one is done and its outcome is in `failures`.
+    harvested: CachePadded<AtomicU64>,
+    submitted: AtomicU64,
+    error_count: AtomicU64,
+    state: Mutex<ChanState>,
+}
+
+impl DsaChannel {
+    fn new(index: usize, ring_size: usize) -> DsaChannel {
+        let slots = |_| UnsafeCell::new(CompletionRecord::default());
+        DsaChannel {
+            ring_size,
+            index,
+            descs: (0..ring_size)
+                .map(|_| UnsafeCell::new(WorkDescriptor::default()))
+                .collect(),
+            records: (0..ring_size).map(slots).collect(),
+            batch_records: (0..ring_size).map(slots).collect(),
+            harvested: CachePadded::new(AtomicU64::new(0)),
+            submitted: AtomicU64::new(0),
+            error_count: AtomicU64::new(0),
+            state: Mutex::new(ChanState {
+                allocated: false,
+                next_seq: 1,
+                issued_upto: 0,
+                entries: VecDeque::new(),
+                failures: Failures::default(),
+            }),
+        }
+    }
+
+    fn slot(&self, seq: u64) -> usize {
+        (seq as usize) & (self.ring_size - 1)
+    }
+
+    fn record(&self, seq: u64) -> RecordRef {
+        // SAFETY: the ring lives as long as the channel, records are 32-byte aligned
+        // (`CompletionRecord`'s alignment, kept by UnsafeCell), and every access to them
+        // goes through `RecordRef`'s atomics.
+        unsafe { RecordRef::new(self.records[self.slot(seq)].get()) }
+    }
+
+    fn entry_record(&self, e: Entry) -> RecordRef {
+        let ring = if e.batch {
+            &self.batch_records
+        } else {
+            &self.records
+        };
+        // SAFETY: as in `record`.
+        unsafe { RecordRef::new(ring[e.slot].get()) }
+    }
+
+    /// Moves `harvested` over every done sequence in order, logging failures.
+    fn harvest(&self, st: &mut ChanState, partial: &AtomicU64) {
+        let mut h = self.harvested.load(Ordering::Relaxed);
+        while h < st.issued_upto {
+            let rec = self.record(h + 1);
+            if rec.status() == status::NONE {
+                break;
+            }
+            if let Some(Err(e)) = hw::decode(&rec.read()) {
+                let done = self.prefix_done(h + 1, &e);
+                if done.is_some() {
+                    partial.fetch_add(1, Ordering::Relaxed);
+                }
+                st.failures.insert(h + 1, done);
+                self.error_count.fetch_add(1, Ordering::Relaxed);
+                tracing::debug!(chan = self.index, seq = h + 1, error = %e, "DSA descriptor failed");
+            }
+            h += 1;
+        }
+        self.harvested.store(h, Ordering::Release);
+    }
+
+    /// The bytes a failed descriptor completed, when they are a prefix no longer than the
+    /// descriptor (a device reporting more is not believed). Called with the state lock,
+    /// while the slot still belongs to `seq`.
+    fn prefix_done(&self, seq: u64, e: &DsaError) -> Option<usize> {
+        // SAFETY: the state lock is held (descriptors are written only under it) and the
+        // slot is `seq`'s until `harvested` passes it.
+        let len = unsafe { (*self.descs[self.slot(seq)].get()).xfer_size } as usize;
+        e.prefix_done().filter(|&d| d <= len)
+    }
+
+    /// Frees the WQ entries whose record is written; returns how many.
+    fn reclaim(&self, st: &mut ChanState) -> usize {
+        let before = st.entries.len();
+        st.entries
+            .retain(|&e| self.entry_record(e).status() == status::NONE);
+        before - st.entries.len()
+    }
+
+    fn status(&self, seq: u64) -> TxStatus {
+        if seq == 0 || seq > self.submitted.load(Ordering::Acquire) {
+            return TxStatus::Error;
+        }
+        if seq > self.harvested.load(Ordering::Acquire) {
+            let code = self.record(seq).status() & status::MASK;
+            // The slot is reused only after `harvested` passed `seq`; a status written
+            // for a later occupant would be seen together with that (Acquire chain).
+            if seq > self.harvested.load(Ordering::Acquire) {
+                return match code {
+                    status::NONE => TxStatus::InProgress,
+                    status::SUCCESS | status::SUCCESS_PRED => TxStatus::Complete,
+                    _ => TxStatus::Error,
+                };
+            }
+        }
+        if self.error_count.load(Ordering::Relaxed) == 0 {
+            return TxStatus::Complete;
+        }
+        if self.state.lock().failures.get(seq).is_some() {
+            TxStatus::Error
+        } else {
+            TxStatus::Complete
+        }
+    }
+}
+
+impl DsaDevice {
+    /// A builder with the defaults.
+    pub fn builder() -> DsaDeviceBuilder {
+        DsaDeviceBuilder {
+            name: None,
+            channels: 1,
+            ring_size: 256,
+            batch: true,
+            cache_control: true,
+            block_on_fault: false,
+            enqcmd_retries: 8,
+            spin: Duration::from_micros(20),
+        }
+    }
+
+    /// The WQ it drives.
+    pub fn wq(&self) -> &WqInfo {
+        &self.wq
+    }
+
+    /// How descriptors reach the WQ.
+    pub fn submit_path(&self) -> SubmitPath {
+        self.portal.path()
+    }
+
+    /// Whether doorbells send BATCH descriptors.
+    pub fn batching(&self) -> bool {
+        self.batch
+    }
+
+    /// WQ entries held now (dedicated WQ).
+    pub fn occupancy(&self) -> usize {
+        self.occupancy.load(Ordering::Acquire)
+    }
+
+    /// What the provider did so far.
+    pub fn stats(&self) -> DsaStats {
+        let l = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        let s = &self.stats;
+        DsaStats {
+            descriptors: l(&s.descriptors),
+            portal_writes: l(&s.portal_writes),
+            batches: l(&s.batches),
+            refusals: l(&s.refusals),
+            ring_full: l(&s.ring_full),
+            partial_completions: l(&s.partial),
+        }
+    }
+
+    fn release(&self, n: usize) {
+        if n > 0 && !self.shared {
+            self.occupancy.fetch_sub(n, Ordering::AcqRel);
+        }
+    }
+
+    /// Reserves one WQ entry (dedicated WQ), reclaiming this channel's finished ones
+    /// first when the queue looks full.
+    fn reserve(&self, c: &DsaChannel, st: &mut ChanState) -> bool {
+        if self.shared {
+            return true;
+        }
+        let mut reclaimed = false;
+        loop {
+            let cur = self.occupancy.load(Ordering::Acquire);
+            if cur >= self.wq_size {
+                if reclaimed {
+                    return false;
+                }
+                let n = c.reclaim(st);
+                self.release(n);
+                // Entries other channels hold may be done too; look at those whose lock
+                // is free (never wait for another channel's lock while holding ours).
+                for other in self.channels.iter().filter(|o| o.index != c.index) {
+                    if let Some(mut ost) = other.state.try_lock() {
+                        let n = other.reclaim(&mut ost);
+                        self.release(n);
+                    }
+                }
+                reclaimed = true;
+                continue;
+            }
+            if self
+                .occupancy
+                .compare_exchange(cur, cur + 1, Ordering::AcqRel, Ordering::Acquire)
+                .is_ok()
+            {
+                return true;
+            }
+        }
+    }
+
+    fn hw_descriptor(&self, desc: Descriptor, record: u64) -> WorkDescriptor {
+        let mut d = match desc {
+            Descriptor::Memcpy { len: 0, .. } | Descriptor::Memset { len: 0, .. } => {
+                WorkDescriptor::new(opcode::NOOP, flags::CRAV | flags::RCR)
+            }
+            Descriptor::Memcpy { dst, src, len } => {
+                let mut d = WorkDescriptor::new(opcode::MEMMOVE, self.base_flags);
+                d.src_addr = src as u64;
+                d.dst_addr = dst as u64;
+                d.xfer_size = len as u32;
+                d
+            }
+            Descriptor::Memset { dst, value, len } => {
+                let mut d = WorkDescriptor::new(opcode::MEMFILL, self.base_flags);
+                d.src_addr = u64::from_le_bytes([value; 8]);
+                d.dst_addr = dst as u64;
+                d.xfer_size = len as u32;
+                d
+            }
+        };
+        d.completion_addr = record;
+        d
+    }
+
+    /// Writes the descriptors `from..=to` of channel `c` to the portal: runs that are
+    /// contiguous in the ring as BATCH descriptors where enabled, others one by one.
+    fn flush(&self, c: &DsaChannel, st: &mut ChanState) {
+        let to = st.next_seq - 1;
+        if st.issued_upto >= to {
+            return;
+        }
+        if self.batch {
+            let n = c.reclaim(st);
+            self.release(n);
+        }
+        let mut seq = st.issued_upto + 1;
+        while seq <= to {
+            let slot = c.slot(seq);
+            let left = (to - seq + 1) as usize;
+            let run = left.min(c.ring_size - slot).min(self.max_batch.max(1));
+            let batch_free = !st.entries.iter().any(|e| e.batch && e.slot == slot);
+            let (desc, entry, count) = if self.batch && run >= 2 && batch_free {
+                // SAFETY: as in `record`, for the batch record ring.
+                let rec = unsafe { RecordRef::new(c.batch_records[slot].get()) };
+                rec.clear();
+                let mut d = WorkDescriptor::new(opcode::BATCH, flags::CRAV | flags::RCR);
+                d.completion_addr = rec.addr();
+                d.src_addr = c.descs[slot].get() as u64;
+                d.xfer_size = run as u32;
+                (d, Entry { slot, batch: true }, run)
+            } else {
+                // SAFETY: the slot's descriptor was written under the state lock (held)
+                // by `submit`; the device reads copies only.
+                let d = unsafe { *c.descs[slot].get() };
+                (d, Entry { slot, batch: false }, 1)
+            };
+            // SAFETY: `Provider::submit`'s caller keeps the buffers valid until the
+            // cookies are done; records and descriptor lists live in this channel's
+            // rings, which outlive every descriptor (Drop waits for all records).
+            let result = unsafe { self.portal.write(&desc) };
+            self.stats.portal_writes.fetch_add(1, Ordering::Relaxed);
+            match result {
+                Ok(_) => {
+                    if entry.batch {
+                        self.stats.batches.fetch_add(1, Ordering::Relaxed);
+                    }
+                    // A batch holds one WQ entry for its `count` reservations.
+                    self.release(count - 1);
+                    st.entries.push_back(entry);
+                }
+                Err(e) => {
+                    tracing::warn!(device = %self.name, error = %e, "portal write failed");
+                    for s in seq..seq + count as u64 {
+                        c.record(s).complete(&CompletionRecord {
+                            status: status::NOT_SUBMITTED,
+                            ..CompletionRecord::default()
+                        });
+                    }
+                    self.release(count);
+                }
+            }
+            seq += count as u64;
+        }
+        st.issued_upto = to;
+    }
+
+    /// Waits until every issued descriptor of `c` is done (and, with `entries`, every WQ
+    /// entry freed). Hardware completes every accepted descriptor; the wait logs while it
+    /// lasts.
+    fn drain(&self, c: &DsaChannel, entries: bool) {
+        let start = Instant::now();
+        let mut warned = start;
+        let mut spins = 0u32;
+        loop {
+            {
+                let mut st = c.state.lock();
+                c.harvest(&mut st, &self.stats.partial);
+                let n = c.reclaim(&mut st);
+                self.release(n);
+                let done = c.harvested.load(Ordering::Acquire) >= st.issued_upto
+                    && (!entries || st.entries.is_empty());
+                if done {
+                    return;
+                }
+            }
+            spins += 1;
+            if spins < 100 {
+                std::thread::yield_now();
+            } else {
+                std::thread::sleep(Duration::from_micros(50));
+            }
+            if warned.elapsed() >= Duration::from_secs(1) {
+                warned = Instant::now();
+                tracing::warn!(device = %self.name, chan = c.index, waited = ?start.elapsed(), "waiting for DSA completions");
+            }
+        }
+    }
+}
+
+// SAFETY: the rings are accessed under each channel's state lock (descriptors) or
+// through atomics (records); the portal is Send + Sync; everything else is atomics or
+// immutable after construction.
+unsafe impl Sync for DsaDevice {}
+// SAFETY: as above; nothing is tied to the creating thread.
+unsafe impl Send for DsaDevice {}
+
+// SAFETY: rule by rule (see `Provider`):
+// 1. `Complete`/`Error` is reported from a sequence's record only once the device (or the
+//    software portal) wrote its status, after it finished with the memory; a descriptor
+//    cancelled before reaching the portal never reaches the device.
+// 2. `terminate_all` cancels what was not written to the portal, then waits until every
+//    written descriptor's record is written.
+// 3. `free_chan_resources` writes the pending descriptors, then waits for all records.
+// 4. Status SUCCESS is written only after every byte was moved (the device's contract;
+//    the software portal writes it after the copy).
+// 5. `bytes_done` answers only from a page-fault record with `result` 0, whose
+//    `bytes_completed` leading bytes the device wrote; the software portal writes exactly
+//    that prefix, and it never exceeds `xfer_size`, the descriptor's length.
+unsafe impl Provider for DsaDevice {
+    fn name(&self) -> &str {
+        &self.name
+    }
+
+    fn kind(&self) -> ProviderKind {
+        self.kind
+    }
+
+    fn capabilities(&self) -> CapMask {
+        if self.memset {
+            CapMask::of(&[Cap::Memcpy, Cap::Memset])
+        } else {
+            CapMask::from(Cap::Memcpy)
+        }
+    }
+
+    fn operations(&self) -> CapMask {
+        self.capabilities()
+    }
+
+    fn channel_count(&self) -> usize {
+        self.channels.len()
+    }
+
+    fn alloc_chan_resources(&self, chan: usize) -> Result<(), ProviderError> {
+        let c = &self.channels[chan];
+        c.state.lock().allocated = true;
+        tracing::debug!(device = %self.name, chan, "DSA channel ready");
+        Ok(())
+    }
+
+    fn free_chan_resources(&self, chan: usize) {
+        let c = &self.channels[chan];
+        {
+            let mut st = c.state.lock();
+            if !st.allocated && st.entries.is_empty() && st.issued_upto + 1 == st.next_seq {
+                return;
+            }
+            self.flush(c, &mut st);
+            st.allocated = false;
+        }
+        self.drain(c, true);
+    }
+
+    unsafe fn submit(&self, chan: usize, desc: Descriptor) -> Result<u64, ProviderSubmitError> {
+        let c = &self.channels[chan];
+        let mut st = c.state.lock();
+        if !st.allocated {
+            return Err(ProviderSubmitError::NoResources);
+        }
+        if desc.len() > self.max_transfer {
+            return Err(ProviderSubmitError::TooLarge {
+                max: self.max_transfer,
+            });
+        }
+        let seq = st.next_seq;
+        if seq - 1 - c.harvested.load(Ordering::Acquire) >= c.ring_size as u64 {
+            c.harvest(&mut st, &self.stats.partial);
+            if seq - 1 - c.harvested.load(Ordering::Acquire) >= c.ring_size as u64 {
+                self.stats.ring_full.fetch_add(1, Ordering::Relaxed);
+                return Err(ProviderSubmitError::RingFull {
+                    capacity: c.ring_size,
+                });
+            }
+        }
+        if !self.reserve(c, &mut st) {
+            self.stats.ring_full.fetch_add(1, Ordering::Relaxed);
+            return Err(ProviderSubmitError::RingFull {
+                capacity: self.wq_size,
+            });
+        }
+        let record = c.record(seq);
+        record.clear();
+        let hw = self.hw_descriptor(desc, record.addr());
+        let slot = c.slot(seq);
+        // SAFETY: the slot belongs to `seq` (its previous occupant was harvested: the
+        // ring check above), the device has finished reading it (its record was
+        // written), and the state lock is held.
+        unsafe { *c.descs[slot].get() = hw };
+        if self.shared {
+            let mut accepted = false;
+            for _ in 0..=self.enqcmd_retries {
+                // SAFETY: the caller's contract keeps the buffers valid until done; the
+                // record lives in the channel's ring.
+                match unsafe { self.portal.write(&hw) } {
+                    Ok(true) => {
+                        accepted = true;
+                        break;
+                    }
+                    Ok(false) => {
+                        self.stats.refusals.fetch_add(1, Ordering::Relaxed);
+                        std::hint::spin_loop();
+                    }
+                    Err(e) => {
+                        tracing::warn!(device = %self.name, error = %e, "portal write failed");
+                        return Err(ProviderSubmitError::Gone);
+                    }
+                }
+            }
+            self.stats.portal_writes.fetch_add(1, Ordering::Relaxed);
+            if !accepted {
+                self.stats.ring_full.fetch_add(1, Ordering::Relaxed);
+                return Err(ProviderSubmitError::RingFull {
+                    capacity: self.wq_size,
+                });
+            }
+            st.issued_upto = seq;
+        }
+        st.next_seq += 1;
+        c.submitted.store(seq, Ordering::Release);
+        self.stats.descriptors.fetch_add(1, Ordering::Relaxed);
+        Ok(seq)
+    }
+
+    fn issue_pending(&self, chan: usize) {
+        if self.shared {
+            return; // every descriptor went out at submission
+        }
+        let c = &self.channels[chan];
+        let mut st = c.state.lock();
+        self.flush(c, &mut st);
+    }
+
+    fn tx_status(&self, chan: usize, seq: u64) -> TxStatus {
+        self.channels[chan].status(seq)
+    }
+
+    fn wait(&self, chan: usize, seq: u64, deadline: Instant) -> TxStatus {
+        let c = &self.channels[chan];
+        let start = Instant::now();
+        let mut polls = 0u32;
+        loop {
+            let status = c.status(seq);
+            if status.is_done() {
+                if status == TxStatus::Error {
+                    let mut st = c.state.lock();
+                    c.harvest(&mut st, &self.stats.partial);
+                }
+                return status;
+            }
+            polls = polls.wrapping_add(1);
+            if !polls.is_multiple_of(64) {
+                std::hint::spin_loop();
+                continue;
+            }
+            let now = Instant::now();
+            if now >= deadline {
+                return status;
+            }
+            let waited = now - start;
+            if waited < self.spin {
+                std::hint::spin_loop();
+            } else if waited < Duration::from_millis(1) {
+                std::thread::yield_now();
+            } else {
+                std::thread::sleep(Duration::from_micros(20));
+            }
+        }
+    }
+
+    fn terminate_all(&self, chan: usize) {
+        let c = &self.channels[chan];
+        {
+            let mut st = c.state.lock();
+            let to = st.next_seq - 1;
+            let pending = to.saturating_sub(st.issued_upto);
+            for seq in st.issued_upto + 1..=to {
+                c.record(seq).complete(&CompletionRecord {
+                    status: status::CANCELLED,
+                    ..CompletionRecord::default()
+                });
+            }
+            self.release(pending as usize);
+            st.issued_upto = to;
+        }
+        // What reached the device cannot be recalled from user space: wait for it.
+        self.drain(c, false);
+    }
+
+    fn error_count(&self, chan: usize) -> u64 {
+        let c = &self.channels[chan];
+        c.harvest(&mut c.state.lock(), &self.stats.partial);
+        c.error_count.load(Ordering::Relaxed)
+    }
+
+    fn bytes_done(&self, chan: usize, seq: u64) -> Option<usize> {
+        let c = &self.channels[chan];
+        let mut st = c.state.lock();
+        c.harvest(&mut st, &self.stats.partial);
+        if seq <= c.harvested.load(Ordering::Acquire) {
+            return st.failures.get(seq).flatten();
+        }
+        if seq > st.issued_upto {
+            return None;
+        }
+        // Done out of order: the slot is still `seq`'s (it is reused only after harvest).
+        match hw::decode(&c.record(seq).read()) {
+            Some(Err(e)) => c.prefix_done(seq, &e),
+            _ => None,
+        }
+    }
+}
+
+impl Drop for DsaDevice {
+    fn drop(&mut self) {
+        // The device writes records into the rings: wait for all of them before the
+        // rings (and the portal) go.
+        for chan in 0..self.channels.len() {
+            self.free_chan_resources(chan);
+        }
+    }
+}
+
+/// What [`probe`] found.
+#[derive(Debug)]
+pub enum Probe {
+    /// A usable WQ.
+    Found(WqInfo),
+    /// None, and why.
+    Absent(DiscoveryError),
+}
+
+/// Looks for a usable WQ under the default paths with this CPU's features.
+pub fn probe(selection: &WqSelection) -> Probe {
+    match discover::find(&DsaPaths::default(), CpuFeatures::detect(), selection) {
+        Ok(wq) => Probe::Found(wq),
+        Err(e) => Probe::Absent(e),
+    }
+}
+
+#[cfg(test)]
+mod tests;
