@@ -262,6 +262,9 @@ impl NetDma {
         if !self.enabled.swap(false, Ordering::AcqRel) {
             return Err(ControlError::AlreadyDisabled);
         }
+        // No copy starts without a read side, so none starts now. Pipelined copies started
+        // before are still in flight: wait for them, as long as one copy may take.
+        self.wait_for_copies_in_flight(self.params.read().timeout);
         let client = dma.client.take();
         drop(dma);
         drop(client); // dmaengine_put, outside the lock
@@ -289,6 +292,9 @@ impl NetDma {
         let Some(mut dma) = self.dma.try_write() else {
             return false; // a read is in flight: not idle
         };
+        if self.counters.in_flight() > 0 {
+            return false; // pipelined copies are in flight: not idle
+        }
         let Some(client) = dma.client.take() else {
             return false;
         };
@@ -296,6 +302,23 @@ impl NetDma {
         drop(client);
         tracing::debug!(?idle, "netdma idle: engine references released");
         true
+    }
+
+    /// Waits until no copy is in flight, at most `timeout`. Past it, `disable` goes on: a
+    /// copy still in flight is then the device's to finish or fail (a device is only freed
+    /// once its work is done), and the pipeline redoes a failed one with the CPU.
+    fn wait_for_copies_in_flight(&self, timeout: Duration) {
+        let deadline = Instant::now() + timeout;
+        while self.counters.in_flight() > 0 {
+            if Instant::now() >= deadline {
+                tracing::warn!(
+                    bytes = self.counters.in_flight(),
+                    "netdma disable: copies still in flight after the wait timeout"
+                );
+                return;
+            }
+            std::thread::sleep(Duration::from_micros(50));
+        }
     }
 
     /// Idle release on the receive path, so the application need not call
@@ -320,7 +343,7 @@ impl NetDma {
     }
 
     /// Notes a DMA-eligible read at `now` (for idle release).
-    pub(crate) fn touch(&self, now: Instant) {
+    pub(crate) fn note_eligible_read(&self, now: Instant) {
         let ns = now.saturating_duration_since(self.epoch).as_nanos() as u64;
         self.last_eligible.store(ns, Ordering::Relaxed);
     }
@@ -443,7 +466,7 @@ mod loom_models {
     /// A read with its copy "in flight": while it holds the channel, the device must stay
     /// pinned (so it cannot be unregistered under the copy).
     fn read_in_flight(n: &NetDma) -> bool {
-        match n.eligible_channel() {
+        match n.dma_channel() {
             Ok((_guard, _channel)) => {
                 assert!(
                     n.engine().total_references() > 0,

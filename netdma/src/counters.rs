@@ -97,6 +97,11 @@ impl Counters {
             .fetch_sub(bytes as u64, Ordering::Relaxed);
     }
 
+    /// Bytes under DMA copy now.
+    pub(crate) fn in_flight(&self) -> u64 {
+        self.bytes_in_flight.load(Ordering::Relaxed)
+    }
+
     pub(crate) fn snapshot(&self) -> RecvStats {
         let by = |arr: &[AtomicU64; Fallback::ALL.len()]| FallbackCounts {
             below_copybreak: arr[Fallback::BelowCopybreak as usize].load(Ordering::Relaxed),

@@ -9,7 +9,8 @@
 //!
 //! - [`config`]: settings, from a TOML file, `NETDMA_*` variables and sysctl-style keys.
 //! - [`NetDma`] (in [`control`]): routing state, enable/disable, idle release, counters.
-//! - [`recv`]: the receive path itself, [`NetDma::recv`].
+//! - [`recv`]: the receive path itself, [`NetDma::recv`]; every read, there and in the
+//!   pipeline, is routed by one decision (`route`).
 //! - [`link`]: link devices for smoltcp (in-memory pair, TAP, AF_PACKET).
 //! - [`stack`]: a smoltcp interface with its sockets and link; [`pipeline`] adds the
 //!   pipelined receive (copies in flight while the stack polls); [`pair`] joins two
@@ -33,6 +34,7 @@ pub mod pair;
 #[allow(unsafe_code)]
 pub mod pipeline;
 pub mod recv;
+mod route;
 pub mod stack;
 mod sync;
 

@@ -43,7 +43,8 @@
 use crate::control::{NetDma, RecvParams};
 use crate::counters::Fallback;
 use crate::link::Link;
-use crate::recv::{cancel_copy, failure, RecvError, Route};
+use crate::recv::{cancel_copy, failure, RecvError};
+use crate::route::{Route, Routed};
 use crate::stack::Stack;
 use dmaengine::{Channel, Cookie, SubmitError, Terminated, TxStatus};
 use smoltcp::iface::SocketHandle;
@@ -92,11 +93,6 @@ struct Chunk {
     submitted_at: Instant,
 }
 
-enum Mode {
-    Dma(Channel),
-    Cpu(Option<Fallback>),
-}
-
 /// One posted read.
 struct Posted {
     buf: Vec<u8>,
@@ -105,7 +101,7 @@ struct Posted {
     filled: usize,
     inflight: VecDeque<Chunk>,
     inflight_bytes: usize,
-    mode: Mode,
+    route: Route,
     error: Option<RecvError>,
     /// The adaptive policy measures this read (see [`Meter`]); cleared if the read
     /// changes path, since its cost is then no sample of either.
@@ -293,23 +289,13 @@ impl<L: Link> Pipeline<L> {
         }
         let netdma = &*self.netdma;
         let params = *netdma.params.read();
-        let mut mode = match netdma.route_static(buf.len(), &params) {
-            Route::Cpu(reason) => Mode::Cpu(reason),
-            Route::Eligible => match netdma.eligible_channel() {
-                Ok((_guard, channel)) => Mode::Dma(channel),
-                Err(reason) => Mode::Cpu(Some(reason)),
-            },
-        };
-        let mut sampled = false;
-        if params.copybreak.is_auto() {
-            if let Mode::Dma(_) = mode {
-                let choice = netdma.adaptive.choose(|| netdma.clock_ns());
-                if !choice.dma {
-                    mode = Mode::Cpu(Some(Fallback::Adaptive));
-                }
-                sampled = choice.sample;
-            }
-        }
+        // The read side is let go at once: this read's copies start later, each batch
+        // under a read side of its own (`fill`).
+        let Routed {
+            route,
+            side: _,
+            sample,
+        } = netdma.route(buf.len(), &params);
         let low_water = low_water.clamp(1, buf.len());
         let read = Posted {
             buf,
@@ -317,9 +303,9 @@ impl<L: Link> Pipeline<L> {
             filled: 0,
             inflight: VecDeque::new(),
             inflight_bytes: 0,
-            mode,
+            route,
             error: None,
-            sampled,
+            sampled: sample,
             dma_failed: false,
             dma_bytes: 0,
         };
@@ -373,7 +359,7 @@ impl<L: Link> Pipeline<L> {
             let empty = reads.reads.is_empty();
             for p in finished.drain(before..) {
                 if metered {
-                    let dma = matches!(p.mode, Mode::Dma(_));
+                    let dma = matches!(p.route, Route::Dma(_));
                     self.meter.bytes[usize::from(dma)] += p.filled;
                     self.meter.dma_finished |= dma;
                     if p.sampled && !p.dma_failed {
@@ -605,16 +591,16 @@ fn fill(
     if p.error.is_some() {
         return false;
     }
-    if matches!(p.mode, Mode::Dma(_)) && !netdma.is_enabled() {
+    if matches!(p.route, Route::Dma(_)) && !netdma.is_enabled() {
         // Disabled meanwhile: no new copies; once the last one retires, the CPU goes on.
         if *chunks > 0 {
             return false;
         }
-        p.mode = Mode::Cpu(Some(Fallback::Disabled));
+        p.route = Route::Cpu(Some(Fallback::Disabled));
         p.sampled = false; // no sample of either path any more
     }
-    let channel = match &p.mode {
-        Mode::Cpu(reason) => {
+    let channel = match &p.route {
+        Route::Cpu(reason) => {
             if *chunks > 0 {
                 return false; // bytes before this read's are still under copy
             }
@@ -637,9 +623,8 @@ fn fill(
                 }
             };
         }
-        Mode::Dma(channel) => channel.clone(),
+        Route::Dma(channel) => channel.clone(),
     };
-    let mut channel = channel;
     if *chunks >= params.max_inflight {
         return false;
     }
@@ -667,6 +652,28 @@ fn fill(
     if new < params.chunk_size && *chunks > 0 && !wrapped && new < remaining {
         return false;
     }
+    // Copies start only under a read side (see `route`), so `disable` never drops the
+    // client under a copy that is just starting. A read with nothing in flight takes
+    // this CPU's channel now (the CPU may have changed, the client may have been taken
+    // again after an idle release); one with copies in flight keeps the channel they are
+    // on, since its chunks retire in order on one channel.
+    let (side, fresh) = match netdma.dma_channel() {
+        Ok(found) => found,
+        // `disable` holds or waits for the write side: nothing new starts, and once the
+        // copies in flight retire the read goes on with the CPU.
+        Err(_) if *chunks > 0 => return false,
+        Err(reason) => {
+            p.route = Route::Cpu(Some(reason));
+            p.sampled = false;
+            return true;
+        }
+    };
+    let channel = if p.inflight.is_empty() {
+        p.route = Route::Dma(fresh.clone());
+        fresh
+    } else {
+        channel
+    };
     let src_base = region.as_ptr();
     let now = Instant::now();
     let first_new = p.inflight.len();
@@ -688,23 +695,15 @@ fn fill(
         // done and writes nowhere else a copy targets; Vec's heap pointer is stable. Ring
         // and Vec are distinct allocations, so the ranges do not overlap.
         let (src, dst) = unsafe { (src_base.add(src_off), p.buf.as_mut_ptr().add(dst_off)) };
-        // SAFETY: as argued above.
-        let mut result = unsafe { channel.memcpy_raw(dst, src, dma_len) };
-        if matches!(
-            result,
-            Err(SubmitError::NoResources(_) | SubmitError::ChannelGone(_))
-        ) && p.inflight.is_empty()
-        {
-            // The channel went away since the read was posted (an idle release, or the
-            // device was removed). With none of this read's copies on it, take this
-            // CPU's channel now, as a new read would.
-            if let Ok((_guard, fresh)) = netdma.eligible_channel() {
-                p.mode = Mode::Dma(fresh.clone());
-                channel = fresh;
-                // SAFETY: as argued above.
-                result = unsafe { channel.memcpy_raw(dst, src, dma_len) };
-            }
-        }
+        // SAFETY: `memcpy_raw` needs both ranges valid, and left alone by everyone else,
+        // until the copy is done. The source range is unconsumed ring bytes inside
+        // `region`: smoltcp writes only the ring's free space, and only the pipeline can
+        // clear or drop the socket, which it does only after finishing its copies; the
+        // bytes are released when this chunk retires, not before. The destination range
+        // is inside the posted buffer, owned by the pipeline until the chunk retires,
+        // and no other copy or CPU write targets these bytes (each chunk gets its own
+        // range, and the CPU share below writes past `dma_len`).
+        let result = unsafe { channel.memcpy_raw(dst, src, dma_len) };
         let cookie = match result {
             Ok(cookie) => {
                 netdma.counters.in_flight_add(dma_len);
@@ -747,9 +746,9 @@ fn fill(
     }
     if submitted {
         channel.issue_pending(); // one doorbell for the batch
-        netdma.touch(now); // the engine is in use: no idle release under these reads
     }
-    // The CPU's share of each new chunk, while the engine copies the rest.
+    drop(side); // the batch is counted in flight: `disable` waits for it from here
+                // The CPU's share of each new chunk, while the engine copies the rest.
     let mut src_off = start;
     let mut dst_off = p.filled + p.inflight_bytes - offset;
     for chunk in p.inflight.range(first_new..) {
@@ -815,7 +814,7 @@ fn fail_all(
     finished: &mut Vec<Posted>,
 ) {
     for p in reads.reads.iter_mut() {
-        if let Mode::Dma(channel) = &p.mode {
+        if let Route::Dma(channel) = &p.route {
             for chunk in p.inflight.drain(..) {
                 if let Some(cookie) = chunk.cookie {
                     if let Err(dmaengine::WaitError::Timeout { .. }) = channel.wait(cookie, timeout)
@@ -867,7 +866,7 @@ fn retire_read(
     finish: bool,
     timeout: Duration,
 ) -> Retired {
-    let Mode::Dma(channel) = &p.mode else {
+    let Route::Dma(channel) = &p.route else {
         return Retired::Progress(false);
     };
     let channel = channel.clone();
@@ -890,14 +889,17 @@ fn retire_read(
                     if cancel_copy(&channel, cookie, timeout) == Terminated::Pending {
                         break; // not confirmed: still the device's; tried again next poll
                     }
+                    // Redone by the CPU whatever the device finally did with it, as
+                    // `recv` does: the read's data must not wait on it any longer.
                     timed_out = true;
-                    channel.status(cookie).unwrap_or(TxStatus::Error)
+                    TxStatus::Error
                 } else {
                     match channel.wait(cookie, timeout) {
                         Ok(()) => TxStatus::Complete,
                         Err(dmaengine::WaitError::Timeout { .. }) => {
                             timed_out = true;
-                            cancel_until_done(&channel, cookie, timeout)
+                            cancel_until_done(&channel, cookie, timeout);
+                            TxStatus::Error
                         }
                         Err(_) => TxStatus::Error,
                     }

@@ -1,8 +1,7 @@
 //! The receive path: `tcp_recvmsg` with NET_DMA's routing, over a smoltcp socket.
 //!
-//! A read goes to DMA only if offload is enabled, low-latency mode is off, it is not a
-//! peek, its length is at least `tcp_dma_copybreak` (or the adaptive policy picks DMA),
-//! and this CPU has a channel. Otherwise the CPU copies, and the reason is counted.
+//! Each read is routed once ([`crate::route`]): to this CPU's DMA channel, or to the CPU
+//! with the reason counted. A peek always goes to the CPU.
 //!
 //! # Why the socket's ring may be read by DMA in place
 //!
@@ -23,19 +22,14 @@
 //! `unsafe` at all. The ring wraps around: a read loops over its contiguous regions until
 //! the request is satisfied or no data is left.
 
-use crate::config::Copybreak;
-use crate::control::{DmaState, NetDma, RecvParams};
+use crate::control::{NetDma, RecvParams};
 use crate::counters::Fallback;
-use crate::sync::RwLockReadGuard;
-use dmaengine::{Cap, Channel, SubmitError, WaitError};
+use crate::route::{Route, Routed};
+use dmaengine::{Channel, SubmitError, WaitError};
 use smoltcp::socket::tcp;
 use std::collections::VecDeque;
-use std::sync::atomic::Ordering;
-use std::time::Instant;
 
-/// With the adaptive copybreak, reads shorter than this always go to the CPU: below it
-/// the hand-off alone costs more than the copy (4 KiB copies in ~0.1 us here).
-pub const AUTO_MIN_READ: usize = 4096;
+pub use crate::route::AUTO_MIN_READ;
 
 /// Why a read returned no data.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
@@ -69,38 +63,25 @@ impl NetDma {
             return Ok(socket.recv_slice(buf)?);
         }
         let params = *self.params.read();
-        if let Route::Cpu(reason) = self.route_static(buf.len(), &params) {
-            return self.recv_cpu(socket, buf, reason);
-        }
-        if !params.copybreak.is_auto() {
-            return match self.eligible_channel() {
-                Ok((_guard, channel)) => self
-                    .recv_dma(socket, buf, &channel, &params)
-                    .map(|(n, _)| n),
-                Err(reason) => self.recv_cpu(socket, buf, Some(reason)),
-            };
-        }
-        // Adaptive: decide first, so a read routed to the CPU costs one clock read and
-        // one uncontended lock more than a plain CPU read, and no channel lookup.
-        let choice = self.adaptive.choose(|| self.clock_ns());
-        let start = if choice.sample { self.clock_ns() } else { 0 };
-        let result = if choice.dma {
-            match self.eligible_channel() {
-                Ok((_guard, channel)) => self.recv_dma(socket, buf, &channel, &params),
-                Err(reason) => return self.recv_cpu(socket, buf, Some(reason)),
-            }
-        } else {
-            self.recv_cpu(socket, buf, Some(Fallback::Adaptive))
-                .map(|n| (n, true))
+        let Routed {
+            route,
+            side,
+            sample,
+        } = self.route(buf.len(), &params);
+        let start = if sample { self.clock_ns() } else { 0 };
+        let (n, clean) = match &route {
+            Route::Cpu(reason) => (self.recv_cpu(socket, buf, *reason)?, true),
+            Route::Dma(channel) => self.recv_dma(socket, buf, channel, &params)?,
         };
-        if let (true, Ok((n, clean))) = (choice.sample, &result) {
-            // Failed DMA copies are not samples of what DMA costs.
-            if *clean {
-                let spent = self.clock_ns().saturating_sub(start);
-                self.adaptive.record(choice.dma, *n, spent);
-            }
+        // The copies are done: `disable` may go on.
+        drop(side);
+        // Failed DMA copies are no sample of what DMA costs.
+        if sample && clean {
+            let spent = self.clock_ns().saturating_sub(start);
+            self.adaptive
+                .record(matches!(route, Route::Dma(_)), n, spent);
         }
-        result.map(|(n, _)| n)
+        Ok(n)
     }
 
     /// Reads without consuming (`MSG_PEEK`): always by the CPU, since nothing may be left
@@ -111,47 +92,6 @@ impl NetDma {
         self.counters.cpu_read();
         self.counters.fallback(Fallback::Peek, n);
         Ok(n)
-    }
-
-    /// For a read that passed [`route_static`](Self::route_static): this CPU's channel,
-    /// with the read side of the client lock that keeps `disable` waiting while copies
-    /// are in flight. Takes the client again lazily after an idle release.
-    pub(crate) fn eligible_channel(
-        &self,
-    ) -> Result<(RwLockReadGuard<'_, DmaState>, Channel), Fallback> {
-        self.touch(Instant::now());
-        let mut dma = self.dma.try_read().ok_or(Fallback::Disabled)?;
-        if dma.client.is_none() {
-            drop(dma);
-            self.reacquire();
-            dma = self.dma.try_read().ok_or(Fallback::Disabled)?;
-        }
-        let client = dma.client.as_ref().ok_or(Fallback::Disabled)?;
-        let channel = client
-            .find_channel(Cap::Memcpy)
-            .ok_or(Fallback::NoChannel)?;
-        Ok((dma, channel))
-    }
-
-    /// The checks that need no channel.
-    pub(crate) fn route_static(&self, len: usize, p: &RecvParams) -> Route {
-        if len == 0 {
-            return Route::Cpu(None);
-        }
-        if !self.enabled.load(Ordering::Relaxed) {
-            return Route::Cpu(Some(Fallback::Disabled));
-        }
-        if p.low_latency {
-            return Route::Cpu(Some(Fallback::LowLatency));
-        }
-        let threshold = match p.copybreak {
-            Copybreak::Bytes(n) => n,
-            Copybreak::Auto => AUTO_MIN_READ,
-        };
-        if len < threshold {
-            return Route::Cpu(Some(Fallback::BelowCopybreak));
-        }
-        Route::Eligible
     }
 
     fn recv_cpu(
@@ -225,14 +165,6 @@ pub(crate) fn failure(channel: &Channel, cookie: dmaengine::Cookie) -> Fallback 
     } else {
         Fallback::ChannelError
     }
-}
-
-/// The outcome of the checks that need no channel.
-pub(crate) enum Route {
-    /// The CPU copies; the reason to count (`None`: an empty read, nothing to count).
-    Cpu(Option<Fallback>),
-    /// DMA may copy, if a channel is found.
-    Eligible,
 }
 
 /// Copies `src` into `dst` (equal lengths): the head by DMA in `chunk_size` descriptors

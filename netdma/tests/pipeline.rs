@@ -783,3 +783,66 @@ fn one_reads_timeout_leaves_another_sockets_copies_on_the_same_channel_alone() {
         .sum();
     assert_eq!(errors, s.fallback.timeout, "{s:?}");
 }
+
+#[test]
+fn disable_waits_for_pipelined_copies_in_flight() {
+    // The pipeline's copies outlive the call that submitted them; `disable` must still not
+    // let go of the device under them: it returns only once none is in flight.
+    let mut cfg = config(Copybreak::Bytes(4096));
+    cfg.wait.timeout_ms = 600_000; // never the way out here
+    let (device, netdma) = faulty(1, FaultPlan::default(), cfg);
+    let mut bed = bed(netdma.clone());
+    let data = pattern(MIB, 31);
+    device.stall(0);
+    let sent = bed.client.tcp_mut(bed.client_h).send_slice(&data).unwrap();
+    assert_eq!(sent, data.len());
+    bed.pipeline
+        .post_recv(bed.server_h, vec![0; data.len()], data.len())
+        .unwrap();
+    while netdma.stats().bytes_in_flight == 0 {
+        bed.client.poll();
+        bed.pipeline.poll();
+    }
+    let disabled = Arc::new(AtomicBool::new(false));
+    let disabler = {
+        let (netdma, disabled) = (netdma.clone(), disabled.clone());
+        std::thread::spawn(move || {
+            netdma.disable().unwrap();
+            disabled.store(true, Ordering::SeqCst);
+            netdma.stats().bytes_in_flight
+        })
+    };
+    let unstaller = {
+        let device = device.clone();
+        std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(30));
+            device.unstall(0);
+        })
+    };
+    let mut got = Vec::new();
+    let mut polls = 0u64;
+    while got.len() < data.len() {
+        polls += 1;
+        assert!(
+            polls < 100_000_000,
+            "stuck at {} of {}",
+            got.len(),
+            data.len()
+        );
+        bed.client.poll();
+        bed.pipeline.poll();
+        if let Some(done) = bed.pipeline.take_completed(bed.server_h) {
+            assert_eq!(done.error, None);
+            got.extend_from_slice(&done.buf[..done.len]);
+        }
+    }
+    unstaller.join().unwrap();
+    assert_eq!(
+        disabler.join().unwrap(),
+        0,
+        "disable returned with copies in flight"
+    );
+    assert!(disabled.load(Ordering::SeqCst));
+    assert_same(&got, &data);
+    assert_eq!(netdma.engine().total_references(), 0);
+}
