@@ -791,6 +791,9 @@ fn disable_waits_for_pipelined_copies_in_flight() {
     let mut cfg = config(Copybreak::Bytes(4096));
     cfg.wait.timeout_ms = 600_000; // never the way out here
     let (device, netdma) = faulty(1, FaultPlan::default(), cfg);
+    // Another user of the engine keeps the channel's resources, so dropping netdma's
+    // client frees nothing, and nothing but netdma's own wait holds `disable` back.
+    let other = netdma.engine().client(dmaengine::Cap::Memcpy.into());
     let mut bed = bed(netdma.clone());
     let data = pattern(MIB, 31);
     device.stall(0);
@@ -844,5 +847,6 @@ fn disable_waits_for_pipelined_copies_in_flight() {
     );
     assert!(disabled.load(Ordering::SeqCst));
     assert_same(&got, &data);
+    drop(other);
     assert_eq!(netdma.engine().total_references(), 0);
 }
