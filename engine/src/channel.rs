@@ -62,9 +62,11 @@ pub(crate) struct ChannelShared {
     bytes_transferred: AtomicU64,
     /// The provider cancels exactly (read once): no abort bookkeeping needed.
     exact_cancel: bool,
-    /// Highest sequence number submitted through the engine (kept only for providers
-    /// that abort whole channels).
+    /// Highest sequence number submitted through the engine.
     last_seq: AtomicU64,
+    /// Every sequence up to this one has had its doorbell rung (`issue_pending`), so
+    /// `wait` need not ring it again.
+    issued_upto: AtomicU64,
     /// Sequences up to this one were covered by a whole-channel abort that a
     /// [`Channel::terminate`] of *other* transfers caused (0: never).
     aborted_upto: AtomicU64,
@@ -94,6 +96,7 @@ impl ChannelShared {
             memset_count: AtomicU64::new(0),
             bytes_transferred: AtomicU64::new(0),
             last_seq: AtomicU64::new(0),
+            issued_upto: AtomicU64::new(0),
             aborted_upto: AtomicU64::new(0),
         }
     }
@@ -226,15 +229,18 @@ impl Channel {
         shared
             .bytes_transferred
             .fetch_add(desc.len() as u64, Ordering::Relaxed);
-        if !shared.exact_cancel {
-            shared.last_seq.fetch_max(seq, Ordering::Relaxed);
-        }
+        // After the provider accepted it: an `issue_pending` that reads this value rings
+        // a doorbell that covers it.
+        shared.last_seq.fetch_max(seq, Ordering::Release);
         Ok(Cookie::new(shared.id, seq))
     }
 
     /// Starts every submitted transfer on this channel (`dma_async_issue_pending`).
     pub fn issue_pending(&self) {
-        self.0.provider.issue_pending(self.0.index)
+        let shared = &*self.0;
+        let submitted = shared.last_seq.load(Ordering::Acquire);
+        shared.provider.issue_pending(shared.index);
+        shared.issued_upto.fetch_max(submitted, Ordering::Release);
     }
 
     fn check_cookie(&self, cookie: Cookie) -> Result<(), WaitError> {
@@ -270,7 +276,11 @@ impl Channel {
     /// the device completed only a prefix.
     pub fn wait(&self, cookie: Cookie, timeout: Duration) -> Result<(), WaitError> {
         self.check_cookie(cookie)?;
-        self.issue_pending();
+        // The doorbell only if it has not rung for this cookie yet: a batch issued once
+        // and then waited on transfer by transfer rings it once.
+        if cookie.seq() > self.0.issued_upto.load(Ordering::Acquire) {
+            self.issue_pending();
+        }
         let deadline = Instant::now() + timeout;
         match self.0.provider.wait(self.0.index, cookie.seq(), deadline) {
             TxStatus::Complete => Ok(()),

@@ -71,6 +71,10 @@ impl Drop for DrainOnDrop<'_, '_, '_> {
     fn drop(&mut self) {
         let inflight = std::mem::take(&mut *self.0.inflight.borrow_mut());
         for (channel, cookie) in inflight {
+            // Most were waited on in the scope already: a status load, not a second wait.
+            if channel.status(cookie).is_ok_and(|s| s.is_done()) {
+                continue;
+            }
             channel.wait_or_terminate(cookie, self.0.timeout);
         }
     }

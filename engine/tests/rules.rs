@@ -1534,3 +1534,48 @@ fn misuse_unregistering_or_removing_twice_is_unknown_device() {
     assert!(engine.snapshot().devices.is_empty());
     assert_eq!(engine.total_references(), 0);
 }
+
+// ---- the doorbell ------------------------------------------------------------------------
+
+/// A batch issued once and then waited on transfer by transfer rings the doorbell once;
+/// the scope's end does not wait on them again. A transfer never issued is issued by its
+/// wait, as `dma_sync_wait` does.
+#[test]
+fn a_batch_rings_the_doorbell_once() {
+    let dev = MockDevice::new("mock", Cap::Memcpy.into(), 1);
+    let engine = Engine::new();
+    engine.register_device(dev.clone()).unwrap();
+    let client = engine.client(Cap::Memcpy.into());
+    let chan = client.find_channel(Cap::Memcpy).unwrap();
+    let src = pattern(4 * 4096, 3);
+    let mut dst = vec![0u8; src.len()];
+    let before = dev.doorbells.load(std::sync::atomic::Ordering::SeqCst);
+    dmaengine::scope(|s| {
+        let transfers: Vec<_> = dst
+            .chunks_mut(4096)
+            .zip(src.chunks(4096))
+            .map(|(d, sr)| s.memcpy(&chan, d, sr).unwrap())
+            .collect();
+        chan.issue_pending();
+        for t in &transfers {
+            t.wait().unwrap();
+        }
+    });
+    assert_eq!(dst, src);
+    let rung = |n| before + n;
+    assert_eq!(
+        dev.doorbells.load(std::sync::atomic::Ordering::SeqCst),
+        rung(1)
+    );
+    // Submitted, never issued: the wait rings the doorbell itself.
+    let mut one = vec![0u8; 64];
+    dmaengine::scope(|s| {
+        let t = s.memcpy(&chan, &mut one, &src[..64]).unwrap();
+        t.wait().unwrap();
+    });
+    assert_eq!(one, src[..64]);
+    assert_eq!(
+        dev.doorbells.load(std::sync::atomic::Ordering::SeqCst),
+        rung(2)
+    );
+}

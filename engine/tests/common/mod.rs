@@ -14,6 +14,8 @@ pub struct MockDevice {
     pub channels: usize,
     pub allocated: Vec<AtomicUsize>,
     pub next: Vec<AtomicUsize>,
+    /// `issue_pending` calls, all channels.
+    pub doorbells: AtomicUsize,
 }
 
 impl MockDevice {
@@ -29,6 +31,7 @@ impl MockDevice {
             channels,
             allocated: (0..channels).map(|_| AtomicUsize::new(0)).collect(),
             next: (0..channels).map(|_| AtomicUsize::new(0)).collect(),
+            doorbells: AtomicUsize::new(0),
         })
     }
 
@@ -88,7 +91,9 @@ unsafe impl Provider for MockDevice {
         }
         Ok(self.next[chan].fetch_add(1, Ordering::SeqCst) as u64 + 1)
     }
-    fn issue_pending(&self, _chan: usize) {}
+    fn issue_pending(&self, _chan: usize) {
+        self.doorbells.fetch_add(1, Ordering::SeqCst);
+    }
     fn tx_status(&self, _chan: usize, _seq: u64) -> TxStatus {
         TxStatus::Complete
     }
