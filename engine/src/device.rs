@@ -29,7 +29,7 @@ pub(crate) struct Device {
     pub(crate) channels: Vec<Arc<ChannelShared>>,
     /// Public clients whose capabilities this device serves; each holds a reference
     /// through every channel of the device.
-    pub(crate) holders: usize,
+    pub(crate) clients: usize,
     /// Channels handed out by `request_channel`.
     pub(crate) private_channels: usize,
     /// Channels with resources allocated at the provider.
@@ -64,7 +64,7 @@ impl Device {
     /// Whether any channel may have or want resources: the device has users or still
     /// holds resources. When false the resource pass skips it without a per-channel look.
     pub(crate) fn may_hold_resources(&self) -> bool {
-        self.holders > 0 || self.private_channels > 0 || self.allocated.load(Ordering::Relaxed) > 0
+        self.clients > 0 || self.private_channels > 0 || self.allocated.load(Ordering::Relaxed) > 0
     }
 
     /// The module pin: one reference per channel per user.

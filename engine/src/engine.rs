@@ -265,7 +265,7 @@ impl Inner {
             provider,
             caps,
             channels,
-            holders: 0,
+            clients: 0,
             private_channels: 0,
             allocated: AtomicUsize::new(0),
         });
@@ -281,7 +281,7 @@ impl Inner {
         if references > 0 {
             return Err(UnregisterError::Busy {
                 device: id,
-                clients: dev.holders,
+                clients: dev.clients,
                 private_channels: dev.private_channels,
                 references,
             });
@@ -352,7 +352,7 @@ impl Inner {
         let mut chosen = None;
         'devices: for dev in &state.devices {
             // Tested once per device: the mask, and whether public clients hold it.
-            if !dev.caps.contains_all(ops) || (!dev.is_private() && dev.holders > 0) {
+            if !dev.caps.contains_all(ops) || (!dev.is_private() && dev.clients > 0) {
                 continue;
             }
             for chan in &dev.channels {
@@ -429,7 +429,7 @@ impl Inner {
                     provider: dev.provider.kind(),
                     capabilities: dev.caps,
                     private: dev.is_private(),
-                    clients: dev.holders,
+                    clients: dev.clients,
                     private_channels: dev.private_channels,
                     references: dev.references(),
                     channels: dev
@@ -560,7 +560,7 @@ impl State {
             }
         }
         for dev in &mut self.devices {
-            let holders = if dev.is_private() || self.clients.is_empty() {
+            let clients = if dev.is_private() || self.clients.is_empty() {
                 0
             } else {
                 self.stats.mask_tests += 1;
@@ -571,7 +571,7 @@ impl State {
                     .map(|&(_, n)| n)
                     .sum()
             };
-            if holders == dev.holders {
+            if clients == dev.clients {
                 continue;
             }
             for chan in dev
@@ -579,16 +579,16 @@ impl State {
                 .iter()
                 .filter(|c| !c.private_held.load(Ordering::Relaxed))
             {
-                chan.client_count.store(holders, Ordering::Relaxed);
-                if holders == 0 {
+                chan.client_count.store(clients, Ordering::Relaxed);
+                if clients == 0 {
                     // Unreferenced channels leave the table; `distribute` only resets the
                     // counts of the channels it considers (the referenced ones).
                     chan.table_count.store(0, Ordering::Relaxed);
                 }
                 self.stats.channel_ref_updates += 1;
             }
-            tracing::debug!(device = %dev.id, from = dev.holders, to = holders, "device references");
-            dev.holders = holders;
+            tracing::debug!(device = %dev.id, from = dev.clients, to = clients, "device references");
+            dev.clients = clients;
         }
     }
 }
