@@ -223,3 +223,33 @@ fn a_stalled_work_queue_times_out_to_the_cpu() {
     assert!(s.fallback.timeout > 0, "{s:?}");
     assert_eq!(s.bytes_in_flight, 0);
 }
+
+#[test]
+fn provider_dsa_and_auto_follow_what_discovery_finds() {
+    use dmaengine::dsa::{probe, Probe, WqSelection};
+    let mut dsa = config();
+    dsa.engine.provider = ConfigProvider::Dsa;
+    let mut auto = config();
+    auto.engine.provider = ConfigProvider::Auto;
+    let auto_kind = |n: &NetDma| n.engine().snapshot().devices[0].provider;
+    match probe(&WqSelection::Any) {
+        Probe::Absent(why) => {
+            // "dsa" refuses to start and says exactly why; "auto" takes the software device.
+            match NetDma::from_config(dsa) {
+                Err(netdma::ControlError::Dsa(e)) => assert_eq!(e.to_string(), why.to_string()),
+                Err(e) => panic!("{e}"),
+                Ok(_) => panic!("started a DSA provider without DSA"),
+            }
+            let n = NetDma::from_config(auto).unwrap();
+            assert_eq!(auto_kind(&n), ProviderKind::Software);
+        }
+        Probe::Found(_) => {
+            // A machine with DSA: "auto" takes it unless opening it is refused.
+            let n = NetDma::from_config(auto).unwrap();
+            assert!(matches!(
+                auto_kind(&n),
+                ProviderKind::Dsa | ProviderKind::Software
+            ));
+        }
+    }
+}

@@ -420,3 +420,23 @@ fn a_char_device_that_cannot_be_opened_is_a_typed_error() {
         other => panic!("{other:?}"),
     }
 }
+
+#[test]
+fn failure_log_folds_old_entries_conservatively() {
+    let mut f = Failures::default();
+    let failed: Vec<u64> = (0..10_000u64).map(|i| i * 3 + 1).collect();
+    for &s in &failed {
+        f.insert(s, Some(s as usize));
+    }
+    assert!(f.exact.len() <= FAILURES_KEPT + 1);
+    // Every failure still reads as failed; recent ones keep their bytes done.
+    for &s in &failed {
+        assert!(f.get(s).is_some(), "failure {s} lost");
+    }
+    let last = *failed.last().unwrap();
+    assert_eq!(f.get(last), Some(Some(last as usize)));
+    // An old folded one is failed with nothing known (the caller redoes all of it).
+    assert_eq!(f.get(1), Some(None));
+    // A recent success stays a success.
+    assert_eq!(f.get(last + 1), None);
+}
