@@ -7,8 +7,8 @@ mod common;
 use common::pattern;
 use dmaengine::dsa::{DsaDevice, EmulatedWq, Injection, SubmitPath, WqMode};
 use dmaengine::{
-    scope, scope_with_timeout, Cap, Engine, ProviderKind, SoftwareDevice, SubmitError, TxStatus,
-    WaitError,
+    scope, scope_with_timeout, Cap, Engine, ProviderKind, SoftwareDevice, SubmitError, Terminated,
+    TxStatus, WaitError,
 };
 use std::sync::Arc;
 use std::time::Duration;
@@ -235,6 +235,34 @@ fn a_stall_times_out_and_terminate_all_waits_for_the_device() {
     assert!(status_after.is_done());
     // Whatever the device did, the CPU may now redo it: the buffers are ours.
     dst.copy_from_slice(&src);
+}
+
+#[test]
+fn a_bounded_cancel_of_a_stalled_copy_gives_up_at_its_deadline() {
+    // The device holds what it was sent until the stall ends: a cancellation with a
+    // deadline says "pending" at the deadline instead of waiting for it, and says so
+    // until the device lets go; then the copy is done and the buffers are ours again.
+    let wq = EmulatedWq::builder().build();
+    let (_engine, client, _dev) = setup(&wq, 16);
+    let chan = client.find_channel(Cap::Memcpy).unwrap();
+    let src = pattern(4096, 6);
+    let mut dst = vec![0u8; 4096];
+    wq.stall(Duration::from_secs(60));
+    let outcomes = scope_with_timeout(Duration::from_millis(20), |s| {
+        let t = s.memcpy(&chan, &mut dst, &src).unwrap();
+        chan.issue_pending();
+        let stalled = chan.terminate(&[t.cookie()], Duration::from_millis(20));
+        let status_stalled = t.status();
+        wq.release_stall();
+        let released = chan.terminate(&[t.cookie()], Duration::from_secs(60));
+        (stalled, status_stalled, released, t.status())
+    });
+    assert_eq!(outcomes.0, Terminated::Pending);
+    assert_eq!(outcomes.1, TxStatus::InProgress);
+    // A device that cannot recall what it was sent: the rest of the channel was
+    // cancelled with it, so the answer is "the whole channel".
+    assert_eq!(outcomes.2, Terminated::WholeChannel);
+    assert!(outcomes.3.is_done());
 }
 
 #[test]

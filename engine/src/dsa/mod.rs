@@ -40,7 +40,9 @@ pub use portal::SubmitPath;
 
 use self::hw::{flags, opcode, status, RecordRef};
 use self::portal::Portal;
-use crate::provider::{Descriptor, Provider, ProviderError, ProviderKind, ProviderSubmitError};
+use crate::provider::{
+    Cancel, Descriptor, Provider, ProviderError, ProviderKind, ProviderSubmitError, Terminated,
+};
 use crate::{Cap, CapMask, TxStatus};
 use crossbeam_utils::CachePadded;
 use parking_lot::Mutex;
@@ -597,6 +599,32 @@ impl DsaDevice {
     /// Waits until every issued descriptor of `c` is done (and, with `entries`, every WQ
     /// entry freed). Hardware completes every accepted descriptor; the wait logs while it
     /// lasts.
+    /// Cancels what was submitted on `c` but never sent to the device (its records say
+    /// so at once); what was sent cannot be recalled from user space.
+    fn cancel_unissued(&self, c: &DsaChannel) {
+        let mut st = c.state.lock();
+        let to = st.next_seq - 1;
+        let pending = to.saturating_sub(st.issued_upto);
+        for seq in st.issued_upto + 1..=to {
+            c.record(seq).complete(&CompletionRecord {
+                status: status::CANCELLED,
+                ..CompletionRecord::default()
+            });
+        }
+        self.release(pending as usize);
+        st.issued_upto = to;
+    }
+
+    /// Whether every descriptor sent on `c` is done (one pass of [`drain`](Self::drain),
+    /// without waiting).
+    fn drained(&self, c: &DsaChannel) -> bool {
+        let mut st = c.state.lock();
+        c.harvest(&mut st, &self.stats.partial);
+        let n = c.reclaim(&mut st);
+        self.release(n);
+        c.harvested.load(Ordering::Acquire) >= st.issued_upto
+    }
+
     fn drain(&self, c: &DsaChannel, entries: bool) {
         let start = Instant::now();
         let mut warned = start;
@@ -809,21 +837,31 @@ unsafe impl Provider for DsaDevice {
 
     fn terminate_all(&self, chan: usize) {
         let c = &self.channels[chan];
-        {
-            let mut st = c.state.lock();
-            let to = st.next_seq - 1;
-            let pending = to.saturating_sub(st.issued_upto);
-            for seq in st.issued_upto + 1..=to {
-                c.record(seq).complete(&CompletionRecord {
-                    status: status::CANCELLED,
-                    ..CompletionRecord::default()
-                });
-            }
-            self.release(pending as usize);
-            st.issued_upto = to;
-        }
+        self.cancel_unissued(c);
         // What reached the device cannot be recalled from user space: wait for it.
         self.drain(c, false);
+    }
+
+    fn terminate_within(&self, chan: usize, what: Cancel<'_>, deadline: Instant) -> Terminated {
+        let c = &self.channels[chan];
+        self.cancel_unissued(c);
+        // What reached the device cannot be recalled: wait for it, but only until the
+        // deadline, so that a device that never answers cannot hold the caller.
+        let wanted_done = || match what {
+            Cancel::All => self.drained(c),
+            Cancel::Only(seqs) => seqs.iter().all(|&seq| c.status(seq).is_done()),
+        };
+        while !wanted_done() {
+            if Instant::now() >= deadline {
+                return Terminated::Pending;
+            }
+            std::thread::sleep(Duration::from_micros(50));
+        }
+        match what {
+            Cancel::All => Terminated::Exact,
+            // Others' descriptors not yet sent were cancelled with the asked ones.
+            Cancel::Only(_) => Terminated::WholeChannel,
+        }
     }
 
     fn error_count(&self, chan: usize) -> u64 {
