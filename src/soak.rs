@@ -356,7 +356,7 @@ fn receive_loop(
 /// The server side of one receiver.
 enum Side {
     Direct(Stack<MemoryLink>),
-    Pipelined(Pipeline<MemoryLink>),
+    Pipelined(Pipeline<Stack<MemoryLink>>),
 }
 
 #[derive(Default)]

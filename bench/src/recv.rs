@@ -303,7 +303,7 @@ impl RecvBed {
             }
             got
         });
-        self.server = Some(pipeline.into_stack());
+        self.server = Some(pipeline.into_driver());
         result
     }
 

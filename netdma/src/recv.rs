@@ -1,6 +1,6 @@
 //! The receive path: `tcp_recvmsg` with NET_DMA's routing, over a smoltcp socket.
 //!
-//! Each read is routed once ([`crate::route`]): to this CPU's DMA channel, or to the CPU
+//! Each read is routed once (the crate's `route` module): to this CPU's DMA channel, or to the CPU
 //! with the reason counted. A peek always goes to the CPU.
 //!
 //! # Why the socket's ring may be read by DMA in place

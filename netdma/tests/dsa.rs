@@ -42,7 +42,7 @@ fn recv_stream(netdma: &NetDma, data: &[u8]) -> Vec<u8> {
 }
 
 struct Bed {
-    pipeline: Pipeline<MemoryLink>,
+    pipeline: Pipeline<Stack<MemoryLink>>,
     client: Stack<MemoryLink>,
     server_h: SocketHandle,
     client_h: SocketHandle,

@@ -17,7 +17,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 struct Bed {
-    pipeline: Pipeline<MemoryLink>,
+    pipeline: Pipeline<Stack<MemoryLink>>,
     client: Stack<MemoryLink>,
     server_h: SocketHandle,
     client_h: SocketHandle,
@@ -717,7 +717,7 @@ fn one_reads_timeout_leaves_another_sockets_copies_on_the_same_channel_alone() {
     for _ in 0..100_000 {
         client.poll();
         pipeline.poll();
-        let queued = |p: &mut Pipeline<MemoryLink>, h| p.with_socket(h, |s| s.recv_queue());
+        let queued = |p: &mut Pipeline<Stack<MemoryLink>>, h| p.with_socket(h, |s| s.recv_queue());
         if queued(&mut pipeline, a_srv) == Some(len) && queued(&mut pipeline, b_srv) == Some(len) {
             break;
         }
@@ -849,4 +849,67 @@ fn disable_waits_for_pipelined_copies_in_flight() {
     assert_same(&got, &data);
     drop(other);
     assert_eq!(netdma.engine().total_references(), 0);
+}
+
+#[test]
+fn the_pipeline_drives_an_applications_own_interface_device_and_sockets() {
+    use netdma::pipeline::Parts;
+    use smoltcp::iface::{Config, Interface, SocketSet};
+    use smoltcp::phy::{Loopback, Medium};
+    use smoltcp::socket::tcp;
+    use smoltcp::wire::{EthernetAddress, IpAddress, IpCidr};
+
+    let netdma = Arc::new(NetDma::from_config(config(Copybreak::Bytes(4096))).unwrap());
+    let mut device = Loopback::new(Medium::Ethernet);
+    let mac = EthernetAddress([0x02, 0, 0, 0, 0, 9]);
+    let now = smoltcp::time::Instant::now();
+    let mut iface = Interface::new(Config::new(mac.into()), &mut device, now);
+    iface.update_ip_addrs(|a| a.push(IpCidr::new(IpAddress::v4(127, 0, 0, 1), 8)).unwrap());
+    let mut sockets = SocketSet::new(Vec::new());
+    let buffers = || {
+        tcp::Socket::new(
+            tcp::SocketBuffer::new(vec![0; MIB]),
+            tcp::SocketBuffer::new(vec![0; MIB]),
+        )
+    };
+    let (server, client) = (sockets.add(buffers()), sockets.add(buffers()));
+    sockets.get_mut::<tcp::Socket>(server).listen(7000).unwrap();
+    let remote = (IpAddress::v4(127, 0, 0, 1), 7000);
+    sockets
+        .get_mut::<tcp::Socket>(client)
+        .connect(iface.context(), remote, 49152)
+        .unwrap();
+
+    let mut pipeline = Pipeline::new(Parts::new(iface, device, sockets), netdma.clone());
+    let data = pattern(4 * MIB, 41);
+    let (mut sent, mut claimed, mut polls) = (0, 0, 0u64);
+    let mut got = Vec::new();
+    while got.len() < data.len() {
+        polls += 1;
+        assert!(
+            polls < 10_000_000,
+            "stuck at {} of {}",
+            got.len(),
+            data.len()
+        );
+        pipeline.poll();
+        sent += pipeline.send(client, &data[sent..]).unwrap_or(0);
+        let established = pipeline.state(server) == tcp::State::Established;
+        while established && pipeline.posted(server) < 4 && claimed < data.len() {
+            let want = (256 * 1024).min(data.len() - claimed);
+            pipeline.post_recv(server, vec![0; want], want).unwrap();
+            claimed += want;
+        }
+        while let Some(done) = pipeline.take_completed(server) {
+            assert_eq!(done.error, None);
+            got.extend_from_slice(&done.buf[..done.len]);
+        }
+    }
+    assert_same(&got, &data);
+    let s = netdma.stats();
+    assert!(s.dma_bytes > 0, "{s:?}");
+    assert_eq!(s.total_bytes(), data.len() as u64);
+    let (iface, _device, sockets) = pipeline.into_driver().into_inner();
+    assert_eq!(iface.ip_addrs().len(), 1, "the same interface comes back");
+    assert_eq!(sockets.iter().count(), 2, "and the same sockets");
 }

@@ -17,7 +17,7 @@
 //! | --- | --- | --- |
 //! | the posted buffers (`Vec<u8>`s, queued per socket) | the pipeline | moved in by [`post_recv`](Pipeline::post_recv), handed back only when their copies are done; written by the CPU only through raw pointers to bytes no copy targets |
 //! | the socket's receive-ring bytes under copy | the pipeline | unconsumed: smoltcp writes only *free* ring space, and they are released (`recv(|_| (n, ()))`) only after their copy is done |
-//! | the socket itself | the pipeline's `SocketSet` | the pipeline never hands out `&mut` to a socket or the set, so nothing can remove a socket, `listen`/`connect` it anew (which clears the ring) or drop it while its copies are in flight; [`abort`](Pipeline::abort), [`cancel`](Pipeline::cancel), [`into_stack`](Pipeline::into_stack) and `Drop` finish or cancel the copies first |
+//! | the socket itself | the pipeline's `SocketSet` | the pipeline never hands out `&mut` to a socket or the set, so nothing can remove a socket, `listen`/`connect` it anew (which clears the ring) or drop it while its copies are in flight; [`abort`](Pipeline::abort), [`cancel`](Pipeline::cancel), [`into_driver`](Pipeline::into_driver) and `Drop` finish or cancel the copies first |
 //!
 //! smoltcp can still clear a ring's indices on its own (`reset`: when a closed socket's
 //! TIME-WAIT ends, or the interface loses its address; a peer's RST only closes the socket
@@ -27,7 +27,7 @@
 //! copies and ends the socket's reads with an error.
 //!
 //! If the pipeline panics while copies may be in flight (a provider or smoltcp panicking
-//! inside [`cancel`](Pipeline::cancel), [`into_stack`](Pipeline::into_stack) or `Drop`),
+//! inside [`cancel`](Pipeline::cancel), [`into_driver`](Pipeline::into_driver) or `Drop`),
 //! it leaks the posted buffers and the stack rather than free memory a device may still
 //! access.
 //!
@@ -43,19 +43,20 @@
 // The stages: `read` (a posted read's state), `fill` (claiming new ring data: DMA
 // submission or CPU copy), `retire` (done copies release their ring bytes; failed ones are
 // redone by the CPU), `meter` (what each path costs, for the adaptive policy).
+mod driver;
 mod fill;
 mod meter;
 mod read;
 mod retire;
 
+pub use self::driver::{Driver, Parts, PARTS_MAX_NAP};
+
 use self::fill::advance;
 use self::meter::Meter;
 use self::read::{Posted, SocketReads};
 use crate::control::NetDma;
-use crate::link::Link;
 use crate::recv::RecvError;
 use crate::route::Routed;
-use crate::stack::Stack;
 use smoltcp::iface::SocketHandle;
 use smoltcp::socket::tcp;
 use std::collections::VecDeque;
@@ -90,10 +91,11 @@ pub struct Completed {
     pub error: Option<RecvError>,
 }
 
-/// A [`Stack`] whose TCP reads are posted and filled by DMA while it polls.
-pub struct Pipeline<L: Link> {
-    /// Always `Some`, except inside `into_stack`.
-    stack: Option<Stack<L>>,
+/// A smoltcp socket set ([`Driver`]) whose TCP reads are posted and filled by DMA while
+/// it polls.
+pub struct Pipeline<S: Driver> {
+    /// Always `Some`, except inside `into_driver`.
+    driver: Option<S>,
     netdma: Arc<NetDma>,
     /// Sockets with reads posted (never an empty queue).
     sockets: Vec<SocketReads>,
@@ -108,11 +110,12 @@ pub struct Pipeline<L: Link> {
     finishing: bool,
 }
 
-impl<L: Link> Pipeline<L> {
-    /// A pipeline over `stack` routing through `netdma`.
-    pub fn new(stack: Stack<L>, netdma: Arc<NetDma>) -> Self {
+impl<S: Driver> Pipeline<S> {
+    /// A pipeline over `driver` (a netdma [`Stack`](crate::stack::Stack), or your own
+    /// smoltcp pieces in [`Parts`]) routing through `netdma`.
+    pub fn new(driver: S, netdma: Arc<NetDma>) -> Self {
         Pipeline {
-            stack: Some(stack),
+            driver: Some(driver),
             netdma,
             sockets: Vec::new(),
             done: Vec::new(),
@@ -122,20 +125,27 @@ impl<L: Link> Pipeline<L> {
         }
     }
 
-    /// The stack, read-only (mutable access would let a socket be removed under a copy).
-    pub fn stack(&self) -> &Stack<L> {
-        self.stack.as_ref().expect("stack present until into_stack")
+    /// The driver, read-only (mutable access would let a socket be removed under a
+    /// copy).
+    pub fn driver(&self) -> &S {
+        self.driver
+            .as_ref()
+            .expect("driver present until into_driver")
     }
 
-    fn stack_mut(&mut self) -> &mut Stack<L> {
-        self.stack.as_mut().expect("stack present until into_stack")
+    fn driver_mut(&mut self) -> &mut S {
+        self.driver
+            .as_mut()
+            .expect("driver present until into_driver")
     }
 
     /// Finishes every posted read (waiting for, or at the timeout cancelling, its copies;
-    /// finished reads are dropped) and returns the stack.
-    pub fn into_stack(mut self) -> Stack<L> {
+    /// finished reads are dropped) and returns the driver.
+    pub fn into_driver(mut self) -> S {
         self.drain();
-        self.stack.take().expect("stack present until into_stack")
+        self.driver
+            .take()
+            .expect("driver present until into_driver")
     }
 
     /// The offload.
@@ -145,7 +155,7 @@ impl<L: Link> Pipeline<L> {
 
     /// Adds a TCP socket with the given buffer sizes.
     pub fn add_tcp_socket(&mut self, rx_bytes: usize, tx_bytes: usize) -> SocketHandle {
-        self.stack_mut().add_tcp_socket(rx_bytes, tx_bytes)
+        self.driver_mut().add_tcp_socket(rx_bytes, tx_bytes)
     }
 
     /// Runs `f` on a socket that has no posted read (listen, connect, send, close...).
@@ -159,18 +169,18 @@ impl<L: Link> Pipeline<L> {
         if self.posted(handle) > 0 {
             return None;
         }
-        Some(f(self.stack_mut().tcp_mut(handle)))
+        Some(f(self.driver_mut().tcp_mut(handle)))
     }
 
     /// Queues data to send on `handle` (safe with a read posted: sending never touches
     /// the receive ring).
     pub fn send(&mut self, handle: SocketHandle, data: &[u8]) -> Result<usize, tcp::SendError> {
-        self.stack_mut().tcp_mut(handle).send_slice(data)
+        self.driver_mut().tcp_mut(handle).send_slice(data)
     }
 
     /// The socket's TCP state.
     pub fn state(&mut self, handle: SocketHandle) -> tcp::State {
-        self.stack_mut().tcp_mut(handle).state()
+        self.driver_mut().tcp_mut(handle).state()
     }
 
     /// Reads posted on `handle` and not yet finished.
@@ -240,7 +250,7 @@ impl<L: Link> Pipeline<L> {
     }
 
     fn is_tcp_socket(&self, handle: SocketHandle) -> bool {
-        self.stack()
+        self.driver()
             .sockets()
             .iter()
             .any(|(h, socket)| h == handle && matches!(socket, smoltcp::socket::Socket::Tcp(_)))
@@ -259,9 +269,12 @@ impl<L: Link> Pipeline<L> {
         let params = *self.netdma.params.read();
         let metered = params.copybreak.is_auto();
         let start = if metered { self.netdma.clock_ns() } else { 0 };
-        let mut progress = self.stack_mut().poll();
+        let mut progress = self.driver_mut().poll();
         let mut finished = std::mem::take(&mut self.finished);
-        let stack = self.stack.as_mut().expect("stack present until into_stack");
+        let stack = self
+            .driver
+            .as_mut()
+            .expect("driver present until into_driver");
         let mut i = 0;
         while i < self.sockets.len() {
             let reads = &mut self.sockets[i];
@@ -303,7 +316,10 @@ impl<L: Link> Pipeline<L> {
     /// has data waiting for it in the ring or its connection can no longer receive (the
     /// next [`poll`](Self::poll) finishes it).
     pub fn poll_wait(&mut self, max: Option<Duration>) -> std::io::Result<()> {
-        let stack = self.stack.as_mut().expect("stack present until into_stack");
+        let stack = self
+            .driver
+            .as_mut()
+            .expect("driver present until into_driver");
         for reads in &self.sockets {
             if reads.inflight_chunks() > 0 {
                 return Ok(());
@@ -316,7 +332,7 @@ impl<L: Link> Pipeline<L> {
             }
         }
         self.netdma.maintain(Instant::now());
-        self.stack_mut().poll_wait(max)
+        self.driver_mut().poll_wait(max)
     }
 
     /// Cancels the reads posted on `handle` (see [`cancel`](Self::cancel)) and aborts
@@ -327,7 +343,7 @@ impl<L: Link> Pipeline<L> {
             reads.push(done);
         }
         reads.extend(self.cancel(handle));
-        self.stack_mut().tcp_mut(handle).abort();
+        self.driver_mut().tcp_mut(handle).abort();
         reads
     }
 
@@ -353,7 +369,10 @@ impl<L: Link> Pipeline<L> {
     fn finish_socket(&mut self, pos: usize) -> Vec<Posted> {
         self.finishing = true;
         let mut finished = Vec::new();
-        let stack = self.stack.as_mut().expect("stack present until into_stack");
+        let stack = self
+            .driver
+            .as_mut()
+            .expect("driver present until into_driver");
         let params = *self.netdma.params.read();
         let reads = &mut self.sockets[pos];
         advance(
@@ -370,8 +389,8 @@ impl<L: Link> Pipeline<L> {
     }
 
     fn drain(&mut self) {
-        if self.stack.is_none() {
-            return; // into_stack already drained
+        if self.driver.is_none() {
+            return; // into_driver already drained
         }
         while !self.sockets.is_empty() {
             let last = self.sockets.len() - 1;
@@ -381,7 +400,7 @@ impl<L: Link> Pipeline<L> {
     }
 }
 
-impl<L: Link> Drop for Pipeline<L> {
+impl<S: Driver> Drop for Pipeline<S> {
     fn drop(&mut self) {
         // The posted buffers and the sockets' rings are freed after this: finish or
         // cancel every copy into or out of them first. If that cannot be done (finishing
@@ -397,7 +416,7 @@ impl<L: Link> Drop for Pipeline<L> {
         if panicked_before || payload.is_some() {
             tracing::error!("pipeline: copies may be in flight after a panic; leaking buffers");
             std::mem::forget(std::mem::take(&mut self.sockets));
-            std::mem::forget(self.stack.take());
+            std::mem::forget(self.driver.take());
         }
         if let Some(p) = payload {
             if !std::thread::panicking() {
