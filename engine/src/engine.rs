@@ -6,8 +6,8 @@
 //! under the engine lock, in three steps:
 //!
 //! 1. **references**: each public device's channels get one reference per client whose
-//!    capabilities the device serves (the seed thread's module-level counting, narrowed
-//!    to matching capabilities). With no clients, no channel is touched.
+//!    capabilities the device serves (Linux's module-level reference counting,
+//!    narrowed to matching capabilities). With no clients, no channel is touched.
 //! 2. **rebalance**: the per-CPU table is redistributed over referenced public channels.
 //! 3. **resources**: channels that hold a reference *and* appear in the table (or are
 //!    held privately) get resources; the rest have them freed.

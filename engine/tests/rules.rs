@@ -1,4 +1,4 @@
-//! One test per engine rule (issue 2), asserting exact counts and exact errors.
+//! One test per engine rule, asserting exact counts and exact errors.
 #![cfg(not(loom))]
 
 mod common;

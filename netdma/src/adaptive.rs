@@ -11,8 +11,8 @@
 //! few probes (under a second). A probe is dearer than its own copy: it leaves the ring's
 //! cache lines on the engine's core, so the reads after it pay too.
 //!
-//! Whether offload pays changes at run time with where the host puts the vCPUs (DESIGN.md:
-//! 0.7x the receiver CPU in one placement, 2x in the other), so a fixed threshold is right
+//! Whether offload pays changes at run time with where the host puts the vCPUs (the
+//! report's ring hand-off and cross-core round trip measure it), so a fixed threshold is right
 //! one minute and wrong the next. The policy keeps an exponentially weighted cost per KiB
 //! (the receiving thread's own CPU time) for each path, routes to the cheaper with a
 //! hysteresis band, and keeps probing the path it is not using so it notices a change

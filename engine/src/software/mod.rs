@@ -44,7 +44,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 /// How long an idle worker or a waiter spins before parking, by default. A completion
-/// seen while spinning costs ~200 ns here, one after parking 5-7 us (DESIGN.md).
+/// seen while spinning costs a cross-core round trip; one seen after parking costs a
+/// wake-up, microseconds (the report's completion latency measures the first).
 pub const DEFAULT_SPIN: Duration = Duration::from_micros(20);
 
 /// How long a waiter spins without yielding before it starts yielding between polls.

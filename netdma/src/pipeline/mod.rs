@@ -2,8 +2,8 @@
 //! posts a buffer, and the pipeline fills it while it polls the stack, keeping several
 //! DMA copies in flight that overlap with the protocol processing of the next segments.
 //!
-//! A synchronous hand-off never pays on this machine (DESIGN.md: the waiter burns what the
-//! copy would have cost); only overlap does. [`Pipeline::poll`] therefore never waits for
+//! A synchronous hand-off cannot pay on a machine where the copy is as fast as the CPU's:
+//! the waiter burns what the copy would have cost. Only overlap can. [`Pipeline::poll`] therefore never waits for
 //! a copy: it retires the ones that are done, releases their ring space, submits copies of
 //! newly arrived data with one doorbell, and returns to packet processing.
 //!
