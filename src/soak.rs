@@ -402,7 +402,7 @@ fn chaos_loop(
                     Copybreak::Bytes(4096),
                     Copybreak::Bytes(65536),
                     Copybreak::Auto,
-                    Copybreak::Bytes(usize::MAX),
+                    Copybreak::NEVER,
                 ][rng.random_range(0..6)];
                 netdma
                     .set("net.ipv4.tcp_dma_copybreak", &value.to_string())

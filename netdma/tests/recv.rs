@@ -66,7 +66,7 @@ fn run_matrix(copybreak: usize, enabled: bool) {
     let stats = netdma.stats();
     assert_eq!(stats.dma_bytes + stats.cpu_bytes, data.len() as u64);
     assert_eq!(stats.bytes_in_flight, 0);
-    if !enabled || copybreak == usize::MAX {
+    if !enabled || Copybreak::Bytes(copybreak) == Copybreak::NEVER {
         assert_eq!(stats.dma_bytes, 0);
     } else {
         assert!(
@@ -92,8 +92,8 @@ fn copybreak_1mib() {
 }
 
 #[test]
-fn copybreak_max_never_offloads() {
-    run_matrix(usize::MAX, true);
+fn copybreak_never_offloads() {
+    run_matrix(Copybreak::NEVER.bytes().unwrap(), true);
 }
 
 #[test]
