@@ -8,12 +8,7 @@ use common::*;
 use dmaengine::dsa::{DsaDevice, EmulatedWq};
 use dmaengine::{Engine, ProviderKind};
 use netdma::config::{Copybreak, NetDmaConfig, ProviderKind as ConfigProvider};
-use netdma::link::MemoryLink;
-use netdma::pair::StackPair;
-use netdma::pipeline::Pipeline;
-use netdma::stack::Stack;
 use netdma::NetDma;
-use smoltcp::iface::SocketHandle;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -39,57 +34,6 @@ fn over(wq: &Arc<EmulatedWq>, batch: bool, cfg: NetDmaConfig) -> (Arc<DsaDevice>
 fn recv_stream(netdma: &NetDma, data: &[u8]) -> Vec<u8> {
     let (mut pair, server, client) = connected(65535);
     stream_64k(&mut pair, server, client, netdma, data)
-}
-
-struct Bed {
-    pipeline: Pipeline<Stack<MemoryLink>>,
-    client: Stack<MemoryLink>,
-    server_h: SocketHandle,
-    client_h: SocketHandle,
-}
-
-fn bed(netdma: Arc<NetDma>) -> Bed {
-    let mut pair = StackPair::new(65535);
-    let (server_h, client_h) = pair.connect(MIB, MIB).unwrap();
-    let StackPair { server, client, .. } = pair;
-    Bed {
-        pipeline: Pipeline::new(server, netdma),
-        client,
-        server_h,
-        client_h,
-    }
-}
-
-/// Streams `data` through the pipeline with `depth` posted reads of `post` bytes.
-fn pump(bed: &mut Bed, data: &[u8], post: usize, depth: usize) -> Vec<u8> {
-    let (mut sent, mut claimed, mut idle) = (0, 0, 0u64);
-    let mut got = Vec::with_capacity(data.len());
-    while got.len() < data.len() {
-        let mut progress = false;
-        let sock = bed.client.tcp_mut(bed.client_h);
-        if sent < data.len() && sock.can_send() {
-            sent += sock.send_slice(&data[sent..]).unwrap();
-            progress = true;
-        }
-        bed.client.poll();
-        while bed.pipeline.posted(bed.server_h) < depth && claimed < data.len() {
-            let want = post.min(data.len() - claimed);
-            bed.pipeline
-                .post_recv(bed.server_h, vec![0; want], want)
-                .unwrap();
-            claimed += want;
-        }
-        progress |= bed.pipeline.poll();
-        while let Some(done) = bed.pipeline.take_completed(bed.server_h) {
-            assert_eq!(done.error, None);
-            assert_eq!(done.len, done.buf.len());
-            got.extend_from_slice(&done.buf[..done.len]);
-            progress = true;
-        }
-        idle = if progress { 0 } else { idle + 1 };
-        assert!(idle < 5_000_000, "stuck at {} of {}", got.len(), data.len());
-    }
-    got
 }
 
 #[test]

@@ -2,9 +2,13 @@
 //! server through netdma and checked byte for byte.
 #![allow(dead_code)]
 
+use netdma::link::MemoryLink;
 use netdma::pair::StackPair;
+use netdma::pipeline::Pipeline;
+use netdma::stack::Stack;
 use netdma::NetDma;
 use smoltcp::iface::SocketHandle;
+use std::sync::Arc;
 
 /// Deterministic pseudo-random bytes (xorshift64).
 pub fn pattern(len: usize, seed: u64) -> Vec<u8> {
@@ -106,4 +110,76 @@ pub fn stream_64k(
     data: &[u8],
 ) -> Vec<u8> {
     stream(pair, server, client, netdma, data, || 65536, |_, _| {})
+}
+
+/// A pipeline over one connection, and the client stack that feeds it.
+pub struct Bed {
+    pub pipeline: Pipeline<Stack<MemoryLink>>,
+    pub client: Stack<MemoryLink>,
+    pub server_h: SocketHandle,
+    pub client_h: SocketHandle,
+}
+
+pub fn bed(netdma: Arc<NetDma>) -> Bed {
+    bed_with(netdma, 65535, MIB)
+}
+
+/// A pipeline over one connection at `mtu`, with `socket_bytes` of buffer each way.
+pub fn bed_with(netdma: Arc<NetDma>, mtu: usize, socket_bytes: usize) -> Bed {
+    let mut pair = StackPair::new(mtu);
+    let (server_h, client_h) = pair.connect(socket_bytes, socket_bytes).unwrap();
+    let StackPair { server, client, .. } = pair;
+    Bed {
+        pipeline: Pipeline::new(server, netdma),
+        client,
+        server_h,
+        client_h,
+    }
+}
+
+/// Streams `data` through the pipeline with posted buffers of `post` bytes, keeping
+/// `depth` of them posted; checks that every read comes back full, in order.
+#[track_caller]
+pub fn pump(bed: &mut Bed, data: &[u8], post: usize, depth: usize) -> Vec<u8> {
+    pump_sizes(bed, data, &[post], depth)
+}
+
+/// As [`pump`], with the posted sizes cycling through `sizes`.
+#[track_caller]
+pub fn pump_sizes(bed: &mut Bed, data: &[u8], sizes: &[usize], depth: usize) -> Vec<u8> {
+    let mut next_size = sizes.iter().copied().cycle();
+    let mut sent = 0;
+    let mut got = Vec::with_capacity(data.len());
+    let mut claimed = 0; // bytes the posted reads will take
+    let mut idle = 0u64;
+    while got.len() < data.len() {
+        let mut progress = false;
+        let sock = bed.client.tcp_mut(bed.client_h);
+        if sent < data.len() && sock.can_send() {
+            sent += sock.send_slice(&data[sent..]).unwrap();
+            progress = true;
+        }
+        bed.client.poll();
+        while bed.pipeline.posted(bed.server_h) < depth && claimed < data.len() {
+            let want = next_size.next().unwrap().min(data.len() - claimed);
+            bed.pipeline
+                .post_recv(bed.server_h, vec![0; want], want)
+                .unwrap();
+            claimed += want;
+        }
+        progress |= bed.pipeline.poll();
+        while let Some(done) = bed.pipeline.take_completed(bed.server_h) {
+            assert_eq!(done.error, None);
+            assert_eq!(
+                done.len,
+                done.buf.len(),
+                "a read completed before it was full"
+            );
+            got.extend_from_slice(&done.buf[..done.len]);
+            progress = true;
+        }
+        idle = if progress { 0 } else { idle + 1 };
+        assert!(idle < 5_000_000, "stuck at {} of {}", got.len(), data.len());
+    }
+    got
 }
