@@ -18,6 +18,7 @@ use dmaengine::dsa::{
     WqRejection, WqSelection,
 };
 use dmaengine::{scope, Cap, Engine, SubmitError, WaitError};
+use netdma_suite::pattern;
 use serde::Serialize;
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -80,18 +81,6 @@ struct Report {
     stats: Option<DsaStats>,
 }
 
-fn pattern(len: usize, seed: u64) -> Vec<u8> {
-    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-    (0..len)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x as u8
-        })
-        .collect()
-}
-
 /// Runs `rounds` copies per size through `dev`, all of one size behind one doorbell.
 fn run_copies(dev: Arc<DsaDevice>, rounds: usize, report: &mut Report) {
     let engine = Engine::new();
@@ -108,7 +97,11 @@ fn run_copies(dev: Arc<DsaDevice>, rounds: usize, report: &mut Report) {
     };
     for (i, &len) in SIZES.iter().enumerate() {
         let srcs: Vec<Vec<u8>> = (0..rounds)
-            .map(|r| pattern(len, (i * 1000 + r) as u64 + 1))
+            .map(|r| {
+                let mut data = vec![0u8; len];
+                pattern::fill((i * 1000 + r) as u64 + 1, 0, &mut data);
+                data
+            })
             .collect();
         let mut dsts = vec![vec![0u8; len]; rounds];
         // Outer error: refused at submission; inner: how the wait ended.
