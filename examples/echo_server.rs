@@ -378,7 +378,7 @@ fn serve<L: Link>(
         if let Some(e) = pool.error.take() {
             errors.push(e);
         }
-        netdma.maintain(now);
+        netdma.release_if_idle(now);
         if let Some(pb) = &spinner {
             if now.duration_since(last_ui) > Duration::from_millis(200) {
                 last_ui = now;

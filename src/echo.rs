@@ -214,7 +214,7 @@ pub fn run_embedded(
                         }
                     }
                 }
-                netdma.maintain(Instant::now());
+                netdma.release_if_idle(Instant::now());
                 if !busy {
                     if let Err(e) = server_stack.poll_wait(Some(Duration::from_millis(1))) {
                         errors.push(format!("server link: {e}"));

@@ -65,7 +65,7 @@ impl RecvParams {
     }
 }
 
-/// How often a receive call checks for idle release (see [`NetDma::maintain`]).
+/// How often a receive call checks for idle release (see [`NetDma::release_if_idle`]).
 pub const IDLE_CHECK_EVERY: u32 = 64;
 
 pub(crate) struct DmaState {
@@ -281,7 +281,7 @@ impl NetDma {
     /// [`recv`](Self::recv) on a thread, and every idle wait of the pipelined receive. An
     /// application that stops calling either altogether (no reads at all) and still wants
     /// the devices let go calls this from its poll loop.
-    pub fn maintain(&self, now: Instant) -> bool {
+    pub fn release_if_idle(&self, now: Instant) -> bool {
         let Some(idle) = self.config.read().idle_release() else {
             return false;
         };
@@ -322,7 +322,7 @@ impl NetDma {
     }
 
     /// Idle release on the receive path, so the application need not call
-    /// [`maintain`](Self::maintain): every [`IDLE_CHECK_EVERY`]-th call on a thread runs
+    /// [`release_if_idle`](Self::release_if_idle): every [`IDLE_CHECK_EVERY`]-th call on a thread runs
     /// it (a thread-local count, so the check costs no shared cache line and no clock
     /// read on the other calls).
     pub(crate) fn release_if_idle_now_and_then(&self) {
@@ -333,7 +333,7 @@ impl NetDma {
             n % IDLE_CHECK_EVERY == 0
         });
         if due {
-            self.maintain(Instant::now());
+            self.release_if_idle(Instant::now());
         }
     }
 
@@ -506,7 +506,7 @@ mod loom_models {
                 thread::spawn(move || read_in_flight(&n))
             };
             let far = std::time::Instant::now() + std::time::Duration::from_secs(3600);
-            n.maintain(far);
+            n.release_if_idle(far);
             assert!(
                 reader.join().unwrap(),
                 "still enabled: the reader gets a channel"

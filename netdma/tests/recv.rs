@@ -274,8 +274,8 @@ fn idle_release_drops_references_and_the_next_read_takes_them_again() {
     let first = stream_64k(&mut pair, server, client, &netdma, &data[..MIB]);
     assert!(netdma.holds_client());
     // Time is passed in: not idle yet right after a read, idle 1 s later.
-    assert!(!netdma.maintain(Instant::now()));
-    assert!(netdma.maintain(Instant::now() + Duration::from_secs(1)));
+    assert!(!netdma.release_if_idle(Instant::now()));
+    assert!(netdma.release_if_idle(Instant::now() + Duration::from_secs(1)));
     assert!(!netdma.holds_client());
     assert_eq!(netdma.engine().total_references(), 0);
     assert!(netdma.is_enabled());
@@ -287,7 +287,7 @@ fn idle_release_drops_references_and_the_next_read_takes_them_again() {
 }
 
 #[test]
-fn idle_release_happens_on_the_receive_path_without_maintain() {
+fn idle_release_happens_on_the_receive_path_without_release_if_idle() {
     let netdma = netdma_with(Copybreak::Bytes(4096), true);
     netdma.set("net.netdma.idle_release_ms", "1").unwrap();
     let (mut pair, server, client) = connected(65535);
@@ -303,7 +303,10 @@ fn idle_release_happens_on_the_receive_path_without_maintain() {
     for _ in 0..netdma::control::IDLE_CHECK_EVERY {
         assert_eq!(netdma.recv(pair.server.tcp_mut(server), &mut buf), Ok(0));
     }
-    assert!(!netdma.holds_client(), "idle release without maintain()");
+    assert!(
+        !netdma.holds_client(),
+        "idle release without release_if_idle()"
+    );
     assert_eq!(netdma.engine().total_references(), 0);
     assert!(netdma.is_enabled());
 }

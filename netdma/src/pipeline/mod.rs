@@ -331,7 +331,7 @@ impl<S: Driver> Pipeline<S> {
                 }
             }
         }
-        self.netdma.maintain(Instant::now());
+        self.netdma.release_if_idle(Instant::now());
         self.driver_mut().poll_wait(max)
     }
 
