@@ -158,16 +158,23 @@ impl HandoffBed {
             let (src, dst) = unsafe { (self.ring_base.add(ring_off), self.dst_base.add(dst_off)) };
             match mode {
                 HandoffMode::Floor => {}
-                // SAFETY: as above; the CPU copies the block itself.
+                // SAFETY: `src` and `dst` are BLOCK bytes inside the ring and inside `dst`,
+                // two live, distinct allocations, and no copy in flight touches either (the
+                // loop above retired them), so the CPU may copy.
                 HandoffMode::Cpu => unsafe { std::ptr::copy_nonoverlapping(src, dst, BLOCK) },
                 HandoffMode::Dma => {
-                    // SAFETY: as above.
+                    // SAFETY: `memcpy_raw` needs both ranges valid and left alone until the
+                    // copy retires: they are BLOCK bytes inside two live allocations; the ring
+                    // slot is rewritten RING/BLOCK blocks later and the destination slot
+                    // INFLIGHT blocks later, after this copy was retired; `finish` (also run
+                    // by Drop) retires the rest before either buffer is freed.
                     match unsafe { self.channel.memcpy_raw(dst, src, BLOCK) } {
                         Ok(cookie) => {
                             self.channel.issue_pending();
                             self.inflight.push_back((cookie, b));
                         }
-                        // SAFETY: as above; the CPU copies what DMA refused.
+                        // SAFETY: the submission failed, so no device touches the ranges:
+                        // BLOCK bytes inside two live, distinct allocations.
                         Err(_) => unsafe { std::ptr::copy_nonoverlapping(src, dst, BLOCK) },
                     }
                 }

@@ -151,7 +151,8 @@ fn removing_a_device_that_never_answers_does_not_hang_the_engine() {
         .find_channel(Cap::Memcpy)
         .expect("the software channel");
     assert_eq!(fresh.device(), other.0);
-    // SAFETY: as above, leaked buffers.
+    // SAFETY: both buffers are leaked, so they stay valid and unaliased forever, however
+    // long the mute device would keep a copy.
     let refused = unsafe { chan.memcpy_raw(dst.as_mut_ptr(), src.as_ptr(), 64) };
     assert!(refused.is_err());
     assert_eq!(chan.status(cookie).unwrap(), TxStatus::InProgress);
@@ -214,7 +215,8 @@ fn a_whole_channel_abort_is_reported_to_the_others_as_such() {
     let mut b = vec![0u8; 16];
     // SAFETY: the mock copies synchronously at submit; nothing is in flight afterwards.
     let ca = unsafe { chan.memcpy_raw(a.as_mut_ptr(), src.as_ptr(), 16) }.unwrap();
-    // SAFETY: as above.
+    // SAFETY: the mock copies synchronously at submit, from and into live buffers of 16
+    // bytes; nothing is in flight afterwards.
     let cb = unsafe { chan.memcpy_raw(b.as_mut_ptr(), src.as_ptr(), 16) }.unwrap();
     assert!(!chan.aborted_for_others(ca) && !chan.aborted_for_others(cb));
     assert_eq!(
@@ -225,7 +227,8 @@ fn a_whole_channel_abort_is_reported_to_the_others_as_such() {
         chan.aborted_for_others(cb),
         "b was covered by a's whole-channel abort"
     );
-    // SAFETY: as above.
+    // SAFETY: the mock copies synchronously at submit, from and into live buffers of 16
+    // bytes; nothing is in flight afterwards.
     let cc = unsafe { chan.memcpy_raw(a.as_mut_ptr(), src.as_ptr(), 16) }.unwrap();
     assert!(
         !chan.aborted_for_others(cc),

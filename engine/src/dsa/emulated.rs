@@ -431,7 +431,10 @@ impl Inner {
             } else {
                 let rec = self.execute(&member, true);
                 let ok = rec.status == status::SUCCESS;
-                // SAFETY: as in `dispatch`, for the member's own record.
+                // SAFETY: `write_portal`'s contract covers the batch's members too: each
+                // member's completion record stays valid until it is written, here, and is
+                // otherwise only accessed atomically; CRAV is set and the address is 32-byte
+                // aligned (both checked just above).
                 let record =
                     unsafe { RecordRef::new(member.completion_addr as *mut CompletionRecord) };
                 record.complete(&rec);
@@ -504,7 +507,9 @@ impl Inner {
             unsafe { std::ptr::copy_nonoverlapping(d.src_addr as *const u8, dst, done) };
         } else {
             let pattern = d.src_addr.to_le_bytes();
-            // SAFETY: as above, for the destination alone.
+            // SAFETY: `write_portal`'s contract: the destination is valid for `len >= done`
+            // bytes until the record is written, and nothing else accesses it meanwhile
+            // (the submitter waits for the record); a fill reads no source.
             let out = unsafe { std::slice::from_raw_parts_mut(dst, done) };
             for (i, b) in out.iter_mut().enumerate() {
                 *b = pattern[i % 8];

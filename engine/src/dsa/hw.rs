@@ -304,8 +304,10 @@ impl RecordRef {
 
     fn word_atomic(&self, index: usize) -> &AtomicU32 {
         debug_assert!((1..8).contains(&index));
-        // SAFETY: as `byte_atomic`; words 1..8 (bytes 4..32) lie inside the 32-byte
-        // record, are 4-byte aligned, and are only ever accessed as 32-bit words.
+        // SAFETY: `new`'s contract: the record is valid for its 32 bytes, 32-byte aligned,
+        // and only accessed atomically. Words 1..8 (bytes 4..32) lie inside it, are
+        // 4-byte aligned, and are only ever accessed as 32-bit words (never as parts of
+        // another size), so no mixed-size accesses race.
         unsafe { AtomicU32::from_ptr((self.0 as *mut u32).add(index)) }
     }
 

@@ -348,7 +348,9 @@ impl DsaChannel {
         } else {
             &self.records
         };
-        // SAFETY: as in `record`.
+        // SAFETY: both record rings live as long as the channel, their records are
+        // 32-byte aligned (`CompletionRecord`'s alignment, kept by UnsafeCell), and every
+        // access to them goes through `RecordRef`'s atomics.
         unsafe { RecordRef::new(ring[e.slot].get()) }
     }
 
@@ -552,7 +554,10 @@ impl DsaDevice {
             let run = left.min(c.ring_size - slot).min(self.max_batch.max(1));
             let batch_free = !st.entries.iter().any(|e| e.batch && e.slot == slot);
             let (desc, entry, count) = if self.batch && run >= 2 && batch_free {
-                // SAFETY: as in `record`, for the batch record ring.
+                // SAFETY: the batch record ring lives as long as the channel, its records
+                // are 32-byte aligned (`CompletionRecord`'s alignment, kept by
+                // UnsafeCell), and every access to them goes through `RecordRef`'s
+                // atomics.
                 let rec = unsafe { RecordRef::new(c.batch_records[slot].get()) };
                 rec.clear();
                 let mut d = WorkDescriptor::new(opcode::BATCH, flags::CRAV | flags::RCR);
@@ -659,7 +664,9 @@ impl DsaDevice {
 // through atomics (records); the portal is Send + Sync; everything else is atomics or
 // immutable after construction.
 unsafe impl Sync for DsaDevice {}
-// SAFETY: as above; nothing is tied to the creating thread.
+// SAFETY: moving the device to another thread moves rings guarded by locks and atomics,
+// a portal that is Send, and immutable settings; nothing in it is tied to the thread that
+// created it (no thread-locals, no thread-affine handles).
 unsafe impl Send for DsaDevice {}
 
 // SAFETY: rule by rule (see `Provider`):

@@ -41,7 +41,10 @@ pub(crate) enum Portal {
 // are atomic 64-byte writes); the pointer is only used for those writes and for munmap in
 // Drop, which has `&mut self`. The other variants are Send + Sync already.
 unsafe impl Send for Portal {}
-// SAFETY: as above.
+// SAFETY: sharing `&Portal` between threads lets them write the portal at once: the
+// device accepts concurrent 64-byte portal writes (each MOVDIR64B/ENQCMD is one atomic
+// write), `write()` on the file is a system call safe from any thread, and munmap needs
+// `&mut self`, so it cannot run while another thread holds a reference.
 unsafe impl Sync for Portal {}
 
 impl Portal {

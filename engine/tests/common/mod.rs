@@ -83,7 +83,7 @@ unsafe impl Provider for MockDevice {
             Descriptor::Memcpy { dst, src, len } if len > 0 => unsafe {
                 std::ptr::copy_nonoverlapping(src, dst, len)
             },
-            // SAFETY: as above.
+            // SAFETY: the caller's contract makes `dst` valid for `len` bytes of writes.
             Descriptor::Memset { dst, value, len } if len > 0 => unsafe {
                 std::ptr::write_bytes(dst, value, len)
             },
