@@ -10,6 +10,7 @@ use netdma::{NetDma, RecvError};
 use smoltcp::iface::SocketHandle;
 use smoltcp::socket::tcp;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 /// Reads per [`EchoConn::step`] at most, so one busy connection cannot starve the others.
@@ -105,7 +106,7 @@ pub struct EmbeddedOptions {
     pub mtu: usize,
     /// Connections, all echoed at once.
     pub connections: usize,
-    /// Bytes sent (and echoed) per connection.
+    /// Bytes sent (and echoed) per connection; `u64::MAX`: until `stop_sending`.
     pub bytes_per_connection: u64,
     /// The server's read size.
     pub read_size: usize,
@@ -115,6 +116,9 @@ pub struct EmbeddedOptions {
     pub seed: u64,
     /// Give up when no byte moves for this long.
     pub stall_timeout: Duration,
+    /// When this turns true, every client stops sending, closes, and the run ends once
+    /// what was sent has come back (for runs controlled from outside, e.g. `--control`).
+    pub stop_sending: Option<Arc<AtomicBool>>,
 }
 
 impl Default for EmbeddedOptions {
@@ -127,6 +131,7 @@ impl Default for EmbeddedOptions {
             socket_buffer: 1 << 20,
             seed: 0x6e65_7464_6d61,
             stall_timeout: Duration::from_secs(30),
+            stop_sending: None,
         }
     }
 }
@@ -148,6 +153,8 @@ pub struct EmbeddedOutcome {
 struct ClientConn {
     handle: SocketHandle,
     seed: u64,
+    /// Bytes this connection sends: the configured total, cut short by `stop_sending`.
+    target: u64,
     sent: u64,
     verified: u64,
     fin_sent: bool,
@@ -155,8 +162,8 @@ struct ClientConn {
 }
 
 impl ClientConn {
-    fn done(&self, total: u64) -> bool {
-        self.failed || self.verified == total
+    fn done(&self) -> bool {
+        self.failed || (self.fin_sent && self.verified == self.target)
     }
 }
 
@@ -232,6 +239,7 @@ pub fn run_embedded(
             .map(|(i, (_, c))| ClientConn {
                 handle: *c,
                 seed: pattern::connection_seed(opts.seed, i),
+                target: total,
                 sent: 0,
                 verified: 0,
                 fin_sent: false,
@@ -241,17 +249,24 @@ pub fn run_embedded(
         let mut errors = Vec::new();
         let mut scratch = Vec::new();
         let mut last_progress = Instant::now();
-        while !conns.iter().all(|c| c.done(total)) {
+        while !conns.iter().all(ClientConn::done) {
             let mut busy = client_stack.poll();
+            let cut = opts
+                .stop_sending
+                .as_ref()
+                .is_some_and(|s| s.load(Ordering::Acquire));
             for (i, c) in conns.iter_mut().enumerate() {
-                if c.done(total) {
+                if c.done() {
                     continue;
                 }
+                if cut {
+                    c.target = c.sent;
+                }
                 let sock = client_stack.tcp_mut(c.handle);
-                if c.sent < total && sock.can_send() {
-                    let (seed, sent) = (c.seed, c.sent);
+                if c.sent < c.target && sock.can_send() {
+                    let (seed, sent, target) = (c.seed, c.sent, c.target);
                     let r = sock.send(|buf| {
-                        let n = buf.len().min((total - sent) as usize);
+                        let n = (buf.len() as u64).min(target - sent) as usize;
                         pattern::fill(seed, sent, &mut buf[..n]);
                         (n, n)
                     });
@@ -267,7 +282,7 @@ pub fn run_embedded(
                         }
                     }
                 }
-                if c.sent == total && !c.fin_sent {
+                if c.sent == c.target && !c.fin_sent {
                     sock.close();
                     c.fin_sent = true;
                 }
@@ -292,10 +307,10 @@ pub fn run_embedded(
                             if let Some(pb) = progress {
                                 pb.inc(n as u64);
                             }
-                            if c.verified > total {
+                            if c.verified > c.sent {
                                 errors.push(format!(
-                                    "connection {i}: {} bytes echoed, more than the {total} sent",
-                                    c.verified
+                                    "connection {i}: {} bytes echoed, more than the {} sent",
+                                    c.verified, c.sent
                                 ));
                                 c.failed = true;
                                 break;
@@ -318,10 +333,10 @@ pub fn run_embedded(
                 }
                 if last_progress.elapsed() > opts.stall_timeout {
                     let done: u64 = conns.iter().map(|c| c.verified).sum();
+                    let sent: u64 = conns.iter().map(|c| c.sent).sum();
                     errors.push(format!(
-                        "stalled: no progress for {:?} with {done} of {} bytes echoed",
-                        opts.stall_timeout,
-                        total * conns.len() as u64
+                        "stalled: no progress for {:?} with {done} of {sent} bytes sent echoed",
+                        opts.stall_timeout
                     ));
                     break;
                 }
@@ -333,7 +348,9 @@ pub fn run_embedded(
         }
         let elapsed = start.elapsed();
         stop.store(true, Ordering::Release);
-        let all_ok = conns.iter().all(|c| !c.failed && c.verified == total);
+        let all_ok = conns
+            .iter()
+            .all(|c| !c.failed && c.fin_sent && c.verified == c.target);
         let echoed: u64 = conns.iter().map(|c| c.verified).sum();
         let server_errors = server
             .join()
