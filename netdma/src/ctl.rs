@@ -865,7 +865,7 @@ fn serve_connection(mut stream: UnixStream, shared: &Shared) {
             scanned = 0;
             let line = &line[..end];
             if line.len() > opts.max_request_bytes {
-                let _ = write_reply(&mut stream, &too_long(opts.max_request_bytes));
+                refuse_and_close(stream, &too_long(opts.max_request_bytes));
                 return;
             }
             if line.iter().all(u8::is_ascii_whitespace) {
@@ -878,7 +878,7 @@ fn serve_connection(mut stream: UnixStream, shared: &Shared) {
         }
         scanned = buf.len();
         if buf.len() > opts.max_request_bytes {
-            let _ = write_reply(&mut stream, &too_long(opts.max_request_bytes));
+            refuse_and_close(stream, &too_long(opts.max_request_bytes));
             return;
         }
         if shared.stop.load(Ordering::Acquire) {
@@ -904,6 +904,27 @@ fn serve_connection(mut stream: UnixStream, shared: &Shared) {
                     return;
                 }
             }
+            Err(e) if e.kind() == IoErrorKind::Interrupted => {}
+            Err(_) => return,
+        }
+    }
+}
+
+/// Sends a last reply and closes the connection gracefully: what the client is still
+/// sending is read and dropped for up to a second, so its side sees the reply and an
+/// orderly end rather than a reset.
+fn refuse_and_close(mut stream: UnixStream, reply: &Response) {
+    if write_reply(&mut stream, reply).is_err() {
+        return;
+    }
+    let _ = stream.shutdown(std::net::Shutdown::Write);
+    let until = Instant::now() + Duration::from_secs(1);
+    let mut sink = [0u8; 4096];
+    while Instant::now() < until {
+        match stream.read(&mut sink) {
+            Ok(0) => return,
+            Ok(_) => {}
+            Err(e) if matches!(e.kind(), IoErrorKind::WouldBlock | IoErrorKind::TimedOut) => {}
             Err(e) if e.kind() == IoErrorKind::Interrupted => {}
             Err(_) => return,
         }
