@@ -320,6 +320,10 @@ fn sysctl_changes_the_routing_and_bad_values_change_nothing() {
             ["sysctl", "set", "net.ipv4.tcp_dma_copybrak", "1"],
             ["`net.ipv4.tcp_dma_copybrak`", "unknown configuration key"],
         ),
+        (
+            ["sysctl", "set", "net.ipv4.tcp_dma_copybreak", "-1"],
+            ["`net.ipv4.tcp_dma_copybreak`", "invalid value `-1`"],
+        ),
     ] {
         let out = svc.ctl(&args);
         assert_eq!(out.code, 1, "{args:?}: {}", out.stderr);

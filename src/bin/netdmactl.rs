@@ -85,6 +85,7 @@ enum SysctlOp {
         /// The sysctl name.
         key: String,
         /// The new value (booleans as 0/1).
+        #[arg(allow_hyphen_values = true)]
         value: String,
     },
 }
