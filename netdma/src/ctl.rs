@@ -55,7 +55,7 @@
 //! - `dma_enable`, `dma_disable`: a [`DmaState`] (asking for the state already in force is
 //!   not an error: `changed` is false).
 //! - `dev_list`: an array of [`DeviceInfo`]; `dev_remove`: a [`Removed`].
-//! - `stats`: a [`NetDmaSnapshot`] — `enabled`, `holds_client`, `config`, `recv` (with
+//! - `stats`: a [`NetDmaSnapshot`](crate::NetDmaSnapshot) — `enabled`, `holds_client`, `config`, `recv` (with
 //!   `dma_bytes` and `cpu_bytes`) and `engine`, the fields of the same names in the echo
 //!   server's JSON report.
 //!
