@@ -360,3 +360,76 @@ fn many_clients_at_once() {
         assert_eq!(refs, 0);
     }
 }
+
+/// Operators changing different settings at the same moment never undo each other's
+/// changes: each thread owns one key and sets it over and over; at the end every key
+/// holds its owner's last value.
+#[test]
+fn concurrent_changes_to_different_keys_are_all_kept() {
+    let dir = TempDir::new("keys");
+    let n = netdma();
+    let _server = CtlServer::bind(dir.sock(), n.clone()).unwrap();
+    // Each key with the values its thread writes, in order.
+    let keys: Vec<(&str, Vec<String>)> = vec![
+        (
+            "net.ipv4.tcp_dma_copybreak",
+            (1..=300).map(|i| (i * 512).to_string()).collect(),
+        ),
+        (
+            "net.ipv4.tcp_low_latency",
+            (1..=300).map(|i| (i % 2).to_string()).collect(),
+        ),
+        (
+            "net.netdma.chunk_size",
+            (1..=300).map(|i| (i * 1024).to_string()).collect(),
+        ),
+        (
+            "net.netdma.max_inflight",
+            (1..=300).map(|i| i.to_string()).collect(),
+        ),
+        (
+            "net.netdma.idle_release_ms",
+            (1..=300).map(|i| (i * 10).to_string()).collect(),
+        ),
+        (
+            "net.netdma.wait_timeout_ms",
+            (1..=300).map(|i| (i * 100).to_string()).collect(),
+        ),
+        (
+            "net.netdma.wait_spin_us",
+            (1..=300).map(|i| i.to_string()).collect(),
+        ),
+    ];
+    let threads: Vec<_> = keys
+        .iter()
+        .cloned()
+        .map(|(key, values)| {
+            let path = dir.sock();
+            std::thread::spawn(move || {
+                let mut c = CtlClient::connect(&path).unwrap();
+                for v in values {
+                    let r = c
+                        .request(&Request::SysctlSet {
+                            key: key.to_owned(),
+                            value: v.clone(),
+                        })
+                        .unwrap();
+                    assert!(r.ok, "{key}: {r:?}");
+                    // Nobody else writes this key: it must read back as just set.
+                    let r = c
+                        .request(&Request::SysctlGet {
+                            key: key.to_owned(),
+                        })
+                        .unwrap();
+                    assert_eq!(r.result.unwrap()["value"], v.as_str(), "{key}: lost update");
+                }
+            })
+        })
+        .collect();
+    for t in threads {
+        t.join().unwrap();
+    }
+    for (key, values) in &keys {
+        assert_eq!(&n.get(key).unwrap(), values.last().unwrap(), "{key}");
+    }
+}

@@ -196,6 +196,19 @@ pub enum Request {
     Stats,
 }
 
+impl Request {
+    /// Whether the request changes anything (settings, offload state, devices).
+    pub fn mutates(&self) -> bool {
+        matches!(
+            self,
+            Request::SysctlSet { .. }
+                | Request::DmaEnable
+                | Request::DmaDisable
+                | Request::DevRemove { .. }
+        )
+    }
+}
+
 /// Every command's `cmd` name.
 pub const COMMANDS: &[&str] = &[
     "sysctl_get",
@@ -373,7 +386,7 @@ pub struct Removed {
 // ---------------------------------------------------------------------------------------
 
 /// Parses one request line and carries it out.
-fn handle_line(line: &[u8], netdma: &NetDma) -> Response {
+fn handle_line(line: &[u8], netdma: &NetDma, writes: &Mutex<()>) -> Response {
     let text = match std::str::from_utf8(line) {
         Ok(t) => t,
         Err(e) => return Response::bad_request(format!("malformed request: not UTF-8 ({e})")),
@@ -402,7 +415,12 @@ fn handle_line(line: &[u8], netdma: &NetDma) -> Response {
         ));
     }
     match serde_json::from_value::<Request>(value) {
-        Ok(req) => execute(&req, netdma),
+        Ok(req) => {
+            // One change at a time: a setting is changed by read-modify-write, and two
+            // operators' changes must not undo each other.
+            let _one_at_a_time = req.mutates().then(|| lock(writes));
+            execute(&req, netdma)
+        }
         Err(e) => Response::bad_request(format!("invalid `{cmd}` request: {e}")),
     }
 }
@@ -631,6 +649,8 @@ struct Shared {
     opts: CtlOptions,
     stop: AtomicBool,
     active: AtomicUsize,
+    /// Serializes the requests that change something.
+    writes: Mutex<()>,
     workers: Mutex<Vec<JoinHandle<()>>>,
 }
 
@@ -678,6 +698,7 @@ impl CtlServer {
             opts,
             stop: AtomicBool::new(false),
             active: AtomicUsize::new(0),
+            writes: Mutex::new(()),
             workers: Mutex::new(Vec::new()),
         });
         let acceptor = {
@@ -871,7 +892,7 @@ fn serve_connection(mut stream: UnixStream, shared: &Shared) {
             if line.iter().all(u8::is_ascii_whitespace) {
                 continue;
             }
-            let reply = handle_line(line, &shared.netdma);
+            let reply = handle_line(line, &shared.netdma, &shared.writes);
             if write_reply(&mut stream, &reply).is_err() {
                 return;
             }
@@ -889,7 +910,7 @@ fn serve_connection(mut stream: UnixStream, shared: &Shared) {
                 // The client closed its side: a last request without a newline still
                 // gets its reply.
                 if !buf.iter().all(u8::is_ascii_whitespace) {
-                    let reply = handle_line(&buf, &shared.netdma);
+                    let reply = handle_line(&buf, &shared.netdma, &shared.writes);
                     let _ = write_reply(&mut stream, &reply);
                 }
                 return;
@@ -1016,7 +1037,7 @@ impl CtlClient {
     }
 }
 
-#[cfg(test)]
+#[cfg(all(test, not(loom)))]
 mod tests {
     use super::*;
 
@@ -1027,7 +1048,7 @@ mod tests {
     }
 
     fn line(n: &NetDma, text: &str) -> Response {
-        handle_line(text.as_bytes(), n)
+        handle_line(text.as_bytes(), n, &Mutex::new(()))
     }
 
     fn kind(r: &Response) -> Option<ErrorKind> {
@@ -1088,7 +1109,7 @@ mod tests {
             let msg = &r.error.as_ref().unwrap().message;
             assert!(msg.contains(needle), "{text}: {msg}");
         }
-        let r = handle_line(b"\xff\xfe", &n);
+        let r = handle_line(b"\xff\xfe", &n, &Mutex::new(()));
         assert_eq!(kind(&r), Some(ErrorKind::BadRequest));
         assert_eq!(n.config(), before);
         assert!(n.is_enabled());
