@@ -59,6 +59,10 @@
 //!   `dma_bytes` and `cpu_bytes`) and `engine`, the fields of the same names in the echo
 //!   server's JSON report.
 //!
+//! A reply written to a client that already hung up may raise `SIGPIPE`, which Rust
+//! programs ignore by default; a program that restores the signal's default action must
+//! ignore it again before serving a control socket.
+//!
 //! # Devices and removal
 //!
 //! A device is named by its id (`dev0`) or by its provider's name (`swdma`) when that is
@@ -654,8 +658,9 @@ struct Shared {
     workers: Mutex<Vec<JoinHandle<()>>>,
 }
 
-/// A control socket serving one [`NetDma`]. Dropping it stops the server (connections
-/// are closed within about 100 ms) and removes the socket file.
+/// A control socket serving one [`NetDma`]. Dropping it stops the server and removes the
+/// socket file; it returns once every connection is closed (within about 100 ms, or
+/// [`CtlOptions::write_timeout`] for a client that does not read its reply).
 pub struct CtlServer {
     path: PathBuf,
     shared: Arc<Shared>,
