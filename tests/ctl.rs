@@ -60,7 +60,6 @@ impl Service {
             connections: 2,
             bytes_per_connection: u64::MAX,
             read_size: 65536,
-            socket_buffer: 256 << 10,
             stop_sending: Some(stop.clone()),
             ..EmbeddedOptions::default()
         };
@@ -123,9 +122,12 @@ impl Service {
     fn finish(mut self) -> EmbeddedOutcome {
         self.stop.store(true, Ordering::Release);
         let outcome = self.run.take().unwrap().join().unwrap().unwrap();
-        assert!(outcome.integrity_ok, "{:?}", outcome.errors);
-        assert!(outcome.errors.is_empty(), "{:?}", outcome.errors);
         let recv = self.netdma.stats();
+        assert!(
+            outcome.integrity_ok && outcome.errors.is_empty(),
+            "{:?}; {recv:?}",
+            outcome.errors
+        );
         assert_eq!(
             recv.dma_bytes + recv.cpu_bytes,
             outcome.bytes_echoed,

@@ -334,9 +334,27 @@ pub fn run_embedded(
                 if last_progress.elapsed() > opts.stall_timeout {
                     let done: u64 = conns.iter().map(|c| c.verified).sum();
                     let sent: u64 = conns.iter().map(|c| c.sent).sum();
+                    let stuck: Vec<String> = conns
+                        .iter()
+                        .enumerate()
+                        .filter(|(_, c)| !c.done())
+                        .map(|(i, c)| {
+                            let sock = client_stack.tcp_mut(c.handle);
+                            format!(
+                                "connection {i}: {} sent, {} echoed, client socket {}, \
+                                 {} B unsent/unacked, {} B unread",
+                                c.sent,
+                                c.verified,
+                                sock.state(),
+                                sock.send_queue(),
+                                sock.recv_queue()
+                            )
+                        })
+                        .collect();
                     errors.push(format!(
-                        "stalled: no progress for {:?} with {done} of {sent} bytes sent echoed",
-                        opts.stall_timeout
+                        "stalled: no progress for {:?} with {done} of {sent} bytes sent echoed ({})",
+                        opts.stall_timeout,
+                        stuck.join("; ")
                     ));
                     break;
                 }

@@ -100,9 +100,9 @@ use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-/// How long the accepting thread sleeps when no connection is waiting (it also checks for
-/// shutdown at this pace).
-const ACCEPT_POLL: Duration = Duration::from_millis(10);
+/// How long the accepting thread sleeps when no connection is waiting: from the first
+/// value, doubling while idle up to the second (it checks for shutdown at this pace too).
+const ACCEPT_POLL: (Duration, Duration) = (Duration::from_millis(1), Duration::from_millis(50));
 /// How often a connection's thread wakes from a read to check for shutdown and idleness.
 const READ_SLICE: Duration = Duration::from_millis(100);
 
@@ -812,15 +812,22 @@ fn create_listener(path: &Path) -> Result<UnixListener, CtlError> {
 }
 
 fn accept_loop(listener: &UnixListener, shared: &Arc<Shared>) {
+    let mut idle = ACCEPT_POLL.0;
     while !shared.stop.load(Ordering::Acquire) {
         match listener.accept() {
-            Ok((stream, _)) => admit(stream, shared),
-            Err(e) if e.kind() == IoErrorKind::WouldBlock => std::thread::sleep(ACCEPT_POLL),
+            Ok((stream, _)) => {
+                admit(stream, shared);
+                idle = ACCEPT_POLL.0;
+            }
+            Err(e) if e.kind() == IoErrorKind::WouldBlock => {
+                std::thread::sleep(idle);
+                idle = (idle * 2).min(ACCEPT_POLL.1);
+            }
             Err(e) if e.kind() == IoErrorKind::Interrupted => {}
             Err(e) => {
                 // E.g. out of file descriptors: back off rather than spin.
                 tracing::warn!(error = %e, "control socket: accept failed");
-                std::thread::sleep(ACCEPT_POLL * 10);
+                std::thread::sleep(ACCEPT_POLL.1);
             }
         }
         lock(&shared.workers).retain(|w| !w.is_finished());
