@@ -41,10 +41,16 @@ struct Service {
     stop: Arc<AtomicBool>,
     run: Option<JoinHandle<Result<EmbeddedOutcome, String>>>,
     _server: CtlServer,
+    _turn: std::sync::MutexGuard<'static, ()>,
 }
+
+/// One echo service at a time: each keeps two threads busy streaming, and this machine's
+/// cores are few.
+static ONE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
 
 impl Service {
     fn start(tag: &str) -> Service {
+        let turn = ONE_AT_A_TIME.lock().unwrap_or_else(|p| p.into_inner());
         let netdma = Arc::new(
             build_netdma(&DmaOptions {
                 copybreak: Some(Copybreak::Bytes(4096)),
@@ -61,6 +67,7 @@ impl Service {
             bytes_per_connection: u64::MAX,
             read_size: 65536,
             stop_sending: Some(stop.clone()),
+            rx_buffer_factor: 4,
             ..EmbeddedOptions::default()
         };
         let run = {
@@ -73,6 +80,7 @@ impl Service {
             stop,
             run: Some(run),
             _server: server,
+            _turn: turn,
         }
     }
 

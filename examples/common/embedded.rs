@@ -91,7 +91,10 @@ impl EchoConn {
                 Err(e) => return Err(format!("netdma recv: {e}")),
             }
         }
-        if self.finished && self.start == self.end && !self.closed {
+        // The FIN goes out alone, once every byte is acknowledged: smoltcp 0.14 accepts a
+        // FIN on a segment whose data it trimmed to its receive window, ending the stream
+        // short (see `FIN_ALONE` below).
+        if self.finished && self.start == self.end && !self.closed && sock.send_queue() == 0 {
             sock.close();
             self.closed = true;
         }
@@ -112,6 +115,11 @@ pub struct EmbeddedOptions {
     pub read_size: usize,
     /// Receive and transmit buffer of every socket.
     pub socket_buffer: usize,
+    /// Receive buffers this many times `socket_buffer` (default 1). Larger receive than
+    /// transmit buffers keep the two receive windows from closing at once, which long
+    /// streams on a loaded machine otherwise can: smoltcp 0.14 then stalls, since each
+    /// side's window updates arrive beyond the other's zero window and are dropped.
+    pub rx_buffer_factor: usize,
     /// Seed of the data.
     pub seed: u64,
     /// Give up when no byte moves for this long.
@@ -132,6 +140,7 @@ impl Default for EmbeddedOptions {
             seed: 0x6e65_7464_6d61,
             stall_timeout: Duration::from_secs(30),
             stop_sending: None,
+            rx_buffer_factor: 1,
         }
     }
 }
@@ -184,7 +193,11 @@ pub fn run_embedded(
     let mut handles = Vec::with_capacity(opts.connections);
     for i in 0..opts.connections {
         let (s, c) = pair
-            .connect(opts.socket_buffer, opts.socket_buffer)
+            .connect(
+                opts.socket_buffer
+                    .saturating_mul(opts.rx_buffer_factor.max(1)),
+                opts.socket_buffer,
+            )
             .map_err(|e| format!("connection {i}: {e}"))?;
         handles.push((s, c));
     }
@@ -230,7 +243,23 @@ pub fn run_embedded(
                     }
                 }
             }
-            errors
+            // Where each unfinished connection stands, to explain a stall.
+            let states: Vec<String> = conns
+                .iter()
+                .enumerate()
+                .filter(|(_, (_, c))| !c.closed)
+                .map(|(i, (h, c))| {
+                    let sock = server_stack.tcp_mut(*h);
+                    format!(
+                        "server connection {i}: {} echoed, socket {}, {} B unread, {} B unsent",
+                        c.echoed,
+                        sock.state(),
+                        sock.recv_queue(),
+                        sock.send_queue()
+                    )
+                })
+                .collect();
+            (errors, states)
         });
 
         let mut conns: Vec<ClientConn> = handles
@@ -282,7 +311,11 @@ pub fn run_embedded(
                         }
                     }
                 }
-                if c.sent == c.target && !c.fin_sent {
+                // FIN_ALONE: close only once every byte sent is acknowledged, so the FIN
+                // travels on a segment without data. smoltcp 0.14's receiver trims a
+                // segment to its window but still acts on the segment's FIN, which ends
+                // the stream without the trimmed bytes; a bare FIN cannot be trimmed.
+                if c.sent == c.target && !c.fin_sent && sock.send_queue() == 0 {
                     sock.close();
                     c.fin_sent = true;
                 }
@@ -370,9 +403,12 @@ pub fn run_embedded(
             .iter()
             .all(|c| !c.failed && c.fin_sent && c.verified == c.target);
         let echoed: u64 = conns.iter().map(|c| c.verified).sum();
-        let server_errors = server
+        let (mut server_errors, states) = server
             .join()
-            .unwrap_or_else(|_| vec!["the server thread panicked".to_owned()]);
+            .unwrap_or_else(|_| (vec!["the server thread panicked".to_owned()], Vec::new()));
+        if !errors.is_empty() {
+            server_errors.extend(states);
+        }
         (server_errors, (all_ok, echoed, elapsed, errors))
     });
     let (all_ok, bytes_echoed, elapsed, mut errors) = client_result;

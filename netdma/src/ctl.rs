@@ -19,9 +19,10 @@
 //!
 //! The server runs on its own threads: one accepts, one serves each connection (at most
 //! [`CtlOptions::max_connections`] at once; beyond that a connection gets an
-//! `unavailable` error reply and is closed). The receive path never waits for it: every
-//! command is one of the controls above, which take the receive path's locks only as a
-//! writer that readers skip (they copy with the CPU meanwhile).
+//! `unavailable` error reply and is closed). The receive path never waits for a client:
+//! every command is one of the controls above, which share the receive path's locks only
+//! for a copy of the settings, or as a writer that readers skip (they copy with the CPU
+//! meanwhile). Commands that change something run one at a time.
 //!
 //! # Protocol
 //!
@@ -55,9 +56,9 @@
 //! - `dma_enable`, `dma_disable`: a [`DmaState`] (asking for the state already in force is
 //!   not an error: `changed` is false).
 //! - `dev_list`: an array of [`DeviceInfo`]; `dev_remove`: a [`Removed`].
-//! - `stats`: a [`NetDmaSnapshot`](crate::NetDmaSnapshot) — `enabled`, `holds_client`, `config`, `recv` (with
-//!   `dma_bytes` and `cpu_bytes`) and `engine`, the fields of the same names in the echo
-//!   server's JSON report.
+//! - `stats`: a [`NetDmaSnapshot`](crate::NetDmaSnapshot) — `enabled`, `holds_client`,
+//!   `config`, `recv` (with `dma_bytes` and `cpu_bytes`) and `engine`, the fields of the
+//!   same names in the echo server's JSON report.
 //!
 //! A reply written to a client that already hung up may raise `SIGPIPE`, which Rust
 //! programs ignore by default; a program that restores the signal's default action must
