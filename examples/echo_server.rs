@@ -267,6 +267,8 @@ fn run(args: &Args) -> Result<EchoReport, String> {
             .bytes
             .unwrap_or(if streaming { u64::MAX } else { 16 << 20 }),
         stop_sending,
+        // Long streams: receive buffers larger than transmit buffers (see the option).
+        rx_buffer_factor: if streaming { 4 } else { 1 },
         read_size: args.read_size,
         socket_buffer: args.socket_buffer,
         seed: args.seed,
