@@ -35,7 +35,8 @@ fn has(tool: &str) -> bool {
         .unwrap_or(false)
 }
 
-/// The target directory this test binary was built in (`<target>/<profile>/deps/ctl_tap-*`).
+/// The target directory this test binary was built in (`<target>/<profile>/deps/ctl_tap-*`):
+/// the examples are built there too.
 fn target_dir() -> PathBuf {
     let exe = std::env::current_exe().expect("current_exe");
     exe.ancestors()
@@ -144,7 +145,7 @@ fn remove_the_dma_device_under_a_tap_echo_service() {
              it as root, e.g. through scripts/test.sh"
         );
     }
-    let target = target_dir().parent().unwrap().to_path_buf();
+    let target = target_dir();
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_owned());
     run(Command::new(&cargo)
         .args([
