@@ -28,6 +28,16 @@
 //! listeners are freed. The report's `memory` object gives these figures and the peak
 //! resident memory of the run.
 //!
+//! `--control PATH` opens a control socket there for `netdmactl` (sysctl get/set, dma
+//! disable/enable, dev list/remove, stats), on every link. The embedded run then streams
+//! until `--duration` or Ctrl-C (or `--bytes` per connection, if given), so it can be
+//! operated while traffic flows:
+//!
+//! ```text
+//! echo_server --control /tmp/echo.sock --duration 60 &
+//! netdmactl --socket /tmp/echo.sock dma disable
+//! ```
+//!
 //! At the end it disables netdma and unregisters the DMA device; the report says whether
 //! that worked. Exit status: 0 on success, 1 if data was corrupted or lost or the device
 //! could not be removed, 2 on a usage or setup error.
@@ -35,6 +45,7 @@
 use clap::Parser;
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use netdma::config::Copybreak;
+use netdma::ctl::CtlServer;
 use netdma::link::{Link, PacketLink, TapLink};
 use netdma::stack::{Stack, StackConfig};
 use netdma::NetDma;
@@ -73,9 +84,10 @@ struct Args {
     #[arg(long, value_name = "N", default_value_t = 4,
           value_parser = clap::value_parser!(u32).range(1..=1024))]
     connections: u32,
-    /// Embedded run: bytes per connection (accepts KiB, MiB, GiB).
-    #[arg(long, value_name = "N", default_value = "16MiB", value_parser = parse_size)]
-    bytes: u64,
+    /// Embedded run: bytes per connection (accepts KiB, MiB, GiB) [default: 16MiB;
+    /// with --control or --duration, unlimited].
+    #[arg(long, value_name = "N", value_parser = parse_size)]
+    bytes: Option<u64>,
     /// The server's read size (accepts KiB, MiB).
     #[arg(long, value_name = "N", default_value = "65536", value_parser = read_size)]
     read_size: usize,
@@ -120,9 +132,13 @@ struct Args {
     #[arg(long, value_name = "N", default_value_t = 1024,
           value_parser = clap::value_parser!(u32).range(1..=65536))]
     max_connections: u32,
-    /// Real links: stop after this many seconds (default: run until Ctrl-C).
+    /// Stop after this many seconds (real links: default until Ctrl-C; the embedded run
+    /// stops sending then and ends when the echo is verified).
     #[arg(long, value_name = "SECS", value_parser = parse_duration)]
     duration: Option<Duration>,
+    /// Serve a control socket for netdmactl at this path (mode 0600).
+    #[arg(long, value_name = "PATH")]
+    control: Option<PathBuf>,
 }
 
 fn read_size(s: &str) -> Result<usize, String> {
@@ -202,27 +218,60 @@ fn main() -> ExitCode {
 }
 
 fn run(args: &Args) -> Result<EchoReport, String> {
-    let netdma = build_netdma(&DmaOptions {
+    let netdma = Arc::new(build_netdma(&DmaOptions {
         config: args.config.clone(),
         copybreak: args.copybreak,
         no_dma: args.no_dma,
         channels: args.channels,
-    })?;
+    })?);
+    let _control = match &args.control {
+        Some(path) => {
+            let server = CtlServer::bind(path, netdma.clone()).map_err(|e| e.to_string())?;
+            eprintln!("echo_server: control socket at {}", path.display());
+            Some(server)
+        }
+        None => None,
+    };
     if args.tap.is_some() || args.iface.is_some() {
         return serve_real(args, &netdma);
     }
+    // Controlled or timed: stream until the deadline or Ctrl-C.
+    let streaming = args.control.is_some() || args.duration.is_some();
+    let stop_sending = streaming.then(|| {
+        let stop = Arc::new(AtomicBool::new(false));
+        let on_int = stop.clone();
+        if let Err(e) = ctrlc::set_handler(move || on_int.store(true, Ordering::Release)) {
+            eprintln!("echo_server: warning: cannot catch Ctrl-C: {e}");
+        }
+        if let Some(d) = args.duration {
+            let at_deadline = stop.clone();
+            std::thread::spawn(move || {
+                std::thread::sleep(d);
+                at_deadline.store(true, Ordering::Release);
+            });
+        }
+        stop
+    });
     let opts = EmbeddedOptions {
         mtu: args.mtu as usize,
         connections: args.connections as usize,
-        bytes_per_connection: args.bytes,
+        bytes_per_connection: args
+            .bytes
+            .unwrap_or(if streaming { u64::MAX } else { 16 << 20 }),
+        stop_sending,
+        // Long streams: receive buffers larger than transmit buffers (see the option).
+        rx_buffer_factor: if streaming { 4 } else { 1 },
         read_size: args.read_size,
         socket_buffer: args.socket_buffer,
         seed: args.seed,
         ..EmbeddedOptions::default()
     };
-    let total = opts.bytes_per_connection * opts.connections as u64;
+    let total = opts
+        .bytes_per_connection
+        .saturating_mul(opts.connections as u64);
     let bar = (!args.json && std::io::stderr().is_terminal()).then(|| {
-        let pb = ProgressBar::with_draw_target(Some(total), ProgressDrawTarget::stderr());
+        let total = (total != u64::MAX).then_some(total);
+        let pb = ProgressBar::with_draw_target(total, ProgressDrawTarget::stderr());
         if let Ok(style) = ProgressStyle::with_template(
             "{spinner} [{elapsed_precise}] {wide_bar} {bytes}/{total_bytes} ({bytes_per_sec})",
         ) {

@@ -22,6 +22,7 @@ RUSTFLAGS="--cfg loom" CARGO_TARGET_DIR="$LOOM_TARGET_DIR" \
 echo "== network-namespace tests (real Linux TCP peer)"
 if [ "$(id -u)" = 0 ] && command -v ip >/dev/null; then
     cargo test --release --test netns -- --ignored --test-threads=1
+    cargo test --release --test ctl_tap -- --ignored  # netdmactl on a TAP, traffic flowing
 else
     echo "SKIPPED: the network-namespace tests need root and iproute2"
 fi

@@ -10,6 +10,7 @@ use netdma::{NetDma, RecvError};
 use smoltcp::iface::SocketHandle;
 use smoltcp::socket::tcp;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 /// Reads per [`EchoConn::step`] at most, so one busy connection cannot starve the others.
@@ -90,7 +91,10 @@ impl EchoConn {
                 Err(e) => return Err(format!("netdma recv: {e}")),
             }
         }
-        if self.finished && self.start == self.end && !self.closed {
+        // The FIN goes out alone, once every byte is acknowledged: smoltcp 0.14 accepts a
+        // FIN on a segment whose data it trimmed to its receive window, ending the stream
+        // short (see `FIN_ALONE` below).
+        if self.finished && self.start == self.end && !self.closed && sock.send_queue() == 0 {
             sock.close();
             self.closed = true;
         }
@@ -105,16 +109,24 @@ pub struct EmbeddedOptions {
     pub mtu: usize,
     /// Connections, all echoed at once.
     pub connections: usize,
-    /// Bytes sent (and echoed) per connection.
+    /// Bytes sent (and echoed) per connection; `u64::MAX`: until `stop_sending`.
     pub bytes_per_connection: u64,
     /// The server's read size.
     pub read_size: usize,
     /// Receive and transmit buffer of every socket.
     pub socket_buffer: usize,
+    /// Receive buffers this many times `socket_buffer` (default 1). Larger receive than
+    /// transmit buffers keep the two receive windows from closing at once, which long
+    /// streams on a loaded machine otherwise can: smoltcp 0.14 then stalls, since each
+    /// side's window updates arrive beyond the other's zero window and are dropped.
+    pub rx_buffer_factor: usize,
     /// Seed of the data.
     pub seed: u64,
     /// Give up when no byte moves for this long.
     pub stall_timeout: Duration,
+    /// When this turns true, every client stops sending, closes, and the run ends once
+    /// what was sent has come back (for runs controlled from outside, e.g. `--control`).
+    pub stop_sending: Option<Arc<AtomicBool>>,
 }
 
 impl Default for EmbeddedOptions {
@@ -127,6 +139,8 @@ impl Default for EmbeddedOptions {
             socket_buffer: 1 << 20,
             seed: 0x6e65_7464_6d61,
             stall_timeout: Duration::from_secs(30),
+            stop_sending: None,
+            rx_buffer_factor: 1,
         }
     }
 }
@@ -148,6 +162,8 @@ pub struct EmbeddedOutcome {
 struct ClientConn {
     handle: SocketHandle,
     seed: u64,
+    /// Bytes this connection sends: the configured total, cut short by `stop_sending`.
+    target: u64,
     sent: u64,
     verified: u64,
     fin_sent: bool,
@@ -155,8 +171,8 @@ struct ClientConn {
 }
 
 impl ClientConn {
-    fn done(&self, total: u64) -> bool {
-        self.failed || self.verified == total
+    fn done(&self) -> bool {
+        self.failed || (self.fin_sent && self.verified == self.target)
     }
 }
 
@@ -177,7 +193,11 @@ pub fn run_embedded(
     let mut handles = Vec::with_capacity(opts.connections);
     for i in 0..opts.connections {
         let (s, c) = pair
-            .connect(opts.socket_buffer, opts.socket_buffer)
+            .connect(
+                opts.socket_buffer
+                    .saturating_mul(opts.rx_buffer_factor.max(1)),
+                opts.socket_buffer,
+            )
             .map_err(|e| format!("connection {i}: {e}"))?;
         handles.push((s, c));
     }
@@ -223,7 +243,23 @@ pub fn run_embedded(
                     }
                 }
             }
-            errors
+            // Where each unfinished connection stands, to explain a stall.
+            let states: Vec<String> = conns
+                .iter()
+                .enumerate()
+                .filter(|(_, (_, c))| !c.closed)
+                .map(|(i, (h, c))| {
+                    let sock = server_stack.tcp_mut(*h);
+                    format!(
+                        "server connection {i}: {} echoed, socket {}, {} B unread, {} B unsent",
+                        c.echoed,
+                        sock.state(),
+                        sock.recv_queue(),
+                        sock.send_queue()
+                    )
+                })
+                .collect();
+            (errors, states)
         });
 
         let mut conns: Vec<ClientConn> = handles
@@ -232,6 +268,7 @@ pub fn run_embedded(
             .map(|(i, (_, c))| ClientConn {
                 handle: *c,
                 seed: pattern::connection_seed(opts.seed, i),
+                target: total,
                 sent: 0,
                 verified: 0,
                 fin_sent: false,
@@ -241,17 +278,24 @@ pub fn run_embedded(
         let mut errors = Vec::new();
         let mut scratch = Vec::new();
         let mut last_progress = Instant::now();
-        while !conns.iter().all(|c| c.done(total)) {
+        while !conns.iter().all(ClientConn::done) {
             let mut busy = client_stack.poll();
+            let cut = opts
+                .stop_sending
+                .as_ref()
+                .is_some_and(|s| s.load(Ordering::Acquire));
             for (i, c) in conns.iter_mut().enumerate() {
-                if c.done(total) {
+                if c.done() {
                     continue;
                 }
+                if cut {
+                    c.target = c.sent;
+                }
                 let sock = client_stack.tcp_mut(c.handle);
-                if c.sent < total && sock.can_send() {
-                    let (seed, sent) = (c.seed, c.sent);
+                if c.sent < c.target && sock.can_send() {
+                    let (seed, sent, target) = (c.seed, c.sent, c.target);
                     let r = sock.send(|buf| {
-                        let n = buf.len().min((total - sent) as usize);
+                        let n = (buf.len() as u64).min(target - sent) as usize;
                         pattern::fill(seed, sent, &mut buf[..n]);
                         (n, n)
                     });
@@ -267,7 +311,11 @@ pub fn run_embedded(
                         }
                     }
                 }
-                if c.sent == total && !c.fin_sent {
+                // FIN_ALONE: close only once every byte sent is acknowledged, so the FIN
+                // travels on a segment without data. smoltcp 0.14's receiver trims a
+                // segment to its window but still acts on the segment's FIN, which ends
+                // the stream without the trimmed bytes; a bare FIN cannot be trimmed.
+                if c.sent == c.target && !c.fin_sent && sock.send_queue() == 0 {
                     sock.close();
                     c.fin_sent = true;
                 }
@@ -292,10 +340,10 @@ pub fn run_embedded(
                             if let Some(pb) = progress {
                                 pb.inc(n as u64);
                             }
-                            if c.verified > total {
+                            if c.verified > c.sent {
                                 errors.push(format!(
-                                    "connection {i}: {} bytes echoed, more than the {total} sent",
-                                    c.verified
+                                    "connection {i}: {} bytes echoed, more than the {} sent",
+                                    c.verified, c.sent
                                 ));
                                 c.failed = true;
                                 break;
@@ -318,10 +366,28 @@ pub fn run_embedded(
                 }
                 if last_progress.elapsed() > opts.stall_timeout {
                     let done: u64 = conns.iter().map(|c| c.verified).sum();
+                    let sent: u64 = conns.iter().map(|c| c.sent).sum();
+                    let stuck: Vec<String> = conns
+                        .iter()
+                        .enumerate()
+                        .filter(|(_, c)| !c.done())
+                        .map(|(i, c)| {
+                            let sock = client_stack.tcp_mut(c.handle);
+                            format!(
+                                "connection {i}: {} sent, {} echoed, client socket {}, \
+                                 {} B unsent/unacked, {} B unread",
+                                c.sent,
+                                c.verified,
+                                sock.state(),
+                                sock.send_queue(),
+                                sock.recv_queue()
+                            )
+                        })
+                        .collect();
                     errors.push(format!(
-                        "stalled: no progress for {:?} with {done} of {} bytes echoed",
+                        "stalled: no progress for {:?} with {done} of {sent} bytes sent echoed ({})",
                         opts.stall_timeout,
-                        total * conns.len() as u64
+                        stuck.join("; ")
                     ));
                     break;
                 }
@@ -333,11 +399,16 @@ pub fn run_embedded(
         }
         let elapsed = start.elapsed();
         stop.store(true, Ordering::Release);
-        let all_ok = conns.iter().all(|c| !c.failed && c.verified == total);
+        let all_ok = conns
+            .iter()
+            .all(|c| !c.failed && c.fin_sent && c.verified == c.target);
         let echoed: u64 = conns.iter().map(|c| c.verified).sum();
-        let server_errors = server
+        let (mut server_errors, states) = server
             .join()
-            .unwrap_or_else(|_| vec!["the server thread panicked".to_owned()]);
+            .unwrap_or_else(|_| (vec!["the server thread panicked".to_owned()], Vec::new()));
+        if !errors.is_empty() {
+            server_errors.extend(states);
+        }
         (server_errors, (all_ok, echoed, elapsed, errors))
     });
     let (all_ok, bytes_echoed, elapsed, mut errors) = client_result;

@@ -14,8 +14,11 @@ pub struct AfterDisable {
     pub was_enabled: bool,
     /// `disable()` succeeded (or offload was already off, e.g. `--no-dma`).
     pub disable_ok: bool,
-    /// `Engine::unregister_device` accepted the removal of netdma's device.
+    /// `Engine::unregister_device` accepted the removal of netdma's device (or it was
+    /// removed already, through the control socket).
     pub unregister_ok: bool,
+    /// The device had been removed before the run ended (`netdmactl dev remove`).
+    pub already_removed: bool,
     /// Sum of all device references after the disable (0: nothing pinned).
     pub engine_references: usize,
     /// Devices still registered after the unregister.
@@ -36,9 +39,14 @@ pub fn disable_and_unregister(netdma: &NetDma) -> AfterDisable {
         }
     };
     let engine_references = netdma.engine().snapshot().total_references();
+    let mut already_removed = false;
     let unregister_ok = match netdma.device() {
         Some(id) => match netdma.engine().unregister_device(id) {
             Ok(()) => true,
+            Err(dmaengine::UnregisterError::UnknownDevice(_)) => {
+                already_removed = true;
+                true
+            }
             Err(e) => {
                 error.get_or_insert(format!("unregister: {e}"));
                 false
@@ -53,6 +61,7 @@ pub fn disable_and_unregister(netdma: &NetDma) -> AfterDisable {
         was_enabled,
         disable_ok,
         unregister_ok,
+        already_removed,
         engine_references,
         devices_left: netdma.engine().snapshot().devices.len(),
         error,
@@ -144,7 +153,8 @@ impl EchoReport {
             integrity_ok: outcome.integrity_ok,
             integrity_verified_by: "server".to_owned(),
             connections: opts.connections as u64,
-            bytes_per_connection: Some(opts.bytes_per_connection),
+            bytes_per_connection: (opts.bytes_per_connection != u64::MAX)
+                .then_some(opts.bytes_per_connection),
             read_size: opts.read_size,
             mtu: opts.mtu,
             bytes_echoed: outcome.bytes_echoed,
@@ -264,7 +274,11 @@ impl EchoReport {
             o,
             "  after disable     references {}, device unregistered: {}{}",
             a.engine_references,
-            if a.unregister_ok { "yes" } else { "NO" },
+            match (a.unregister_ok, a.already_removed) {
+                (true, true) => "yes (removed earlier through the control socket)",
+                (true, false) => "yes",
+                _ => "NO",
+            },
             a.error
                 .as_deref()
                 .map(|e| format!(" ({e})"))

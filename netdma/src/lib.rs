@@ -9,6 +9,8 @@
 //!
 //! - [`config`]: settings, from a TOML file, `NETDMA_*` variables and sysctl-style keys.
 //! - [`NetDma`] (in [`control`]): routing state, enable/disable, idle release, counters.
+//! - [`ctl`]: the control socket: those run-time controls, the engine's device removal and
+//!   the counters, served to other processes (`netdmactl`) as line-delimited JSON.
 //! - [`recv`]: the receive path itself, [`NetDma::recv`]; every read, there and in the
 //!   pipeline, is routed by one decision (`route`).
 //! - [`link`]: link devices for smoltcp (in-memory pair, TAP, AF_PACKET).
@@ -28,6 +30,7 @@ mod adaptive;
 pub mod config;
 pub mod control;
 pub mod counters;
+pub mod ctl;
 #[allow(unsafe_code)]
 pub mod link;
 pub mod pair;
