@@ -152,12 +152,17 @@ impl Drop for Service {
     }
 }
 
+/// Bytes by DMA in a `stats --json` snapshot (the top-level total, which must match the
+/// receive counters').
 fn dma(s: &Value) -> u64 {
-    s["recv"]["dma_bytes"].as_u64().unwrap()
+    assert_eq!(s["dma_bytes"], s["recv"]["dma_bytes"], "top-level total");
+    s["dma_bytes"].as_u64().unwrap()
 }
 
+/// Bytes by the CPU in a `stats --json` snapshot.
 fn cpu(s: &Value) -> u64 {
-    s["recv"]["cpu_bytes"].as_u64().unwrap()
+    assert_eq!(s["cpu_bytes"], s["recv"]["cpu_bytes"], "top-level total");
+    s["cpu_bytes"].as_u64().unwrap()
 }
 
 const MIB: u64 = 1 << 20;

@@ -396,8 +396,10 @@ fn concurrent_changes_to_different_keys_are_all_kept() {
             (1..=300).map(|i| (i * 100).to_string()).collect(),
         ),
         (
-            "net.ipv4.tcp_dma_copybreak",
-            (1..=300).map(|i| (i * 512).to_string()).collect(),
+            "net.netdma.cpu_fraction",
+            (1..=300)
+                .map(|i| ((i % 10) as f64 / 10.0).to_string())
+                .collect(),
         ),
     ];
     let threads: Vec<_> = keys

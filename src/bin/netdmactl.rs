@@ -223,7 +223,7 @@ fn run(cli: &Cli, socket: &PathBuf) -> Result<(), Failure> {
                 None => {
                     let v = call(&mut client, &Request::Stats)?;
                     if cli.json {
-                        print_json(&v)
+                        print_json(&with_totals(v))
                     } else {
                         print(&stats_table(&v))
                     }
@@ -444,6 +444,18 @@ fn stats_table(v: &Value) -> String {
     o
 }
 
+/// The stats snapshot with the receive totals (`dma_bytes`, `cpu_bytes`) also at the top
+/// level, for scripts.
+fn with_totals(mut v: Value) -> Value {
+    let totals = ["dma_bytes", "cpu_bytes"].map(|k| (k, v["recv"][k].clone()));
+    if let Some(top) = v.as_object_mut() {
+        for (k, total) in totals {
+            top.insert(k.to_owned(), total);
+        }
+    }
+    v
+}
+
 fn watch_stats(
     client: &mut CtlClient,
     every: Duration,
@@ -457,7 +469,7 @@ fn watch_stats(
         let v = call(client, &Request::Stats)?;
         let now = Instant::now();
         if json {
-            print_json(&v)?;
+            print_json(&with_totals(v.clone()))?;
         } else {
             if prev.is_none() {
                 print(&format!(
