@@ -28,7 +28,7 @@ mod common;
 
 use clap::Parser;
 use common::embedded::{run_embedded, EchoConn, EmbeddedOptions};
-use common::report::{disable_and_unregister, gbps, EchoReport};
+use common::report::{disable_and_unregister, gbps, EchoReport, LinkReport};
 use common::setup::{build_netdma, DmaOptions};
 use common::size::{parse_copybreak, parse_size, parse_usize_at_least};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
@@ -316,8 +316,9 @@ fn serve<L: Link>(
     }
     // Always on stderr (scripts wait for this line), even with --json.
     {
+        let off = stack.link().offloads();
         eprintln!(
-            "echo_server: serving {} on {}:{} over {mode} (MTU {mtu}, {} listeners); Ctrl-C stops",
+            "echo_server: serving {} on {}:{} over {mode} (MTU {mtu}, {} listeners, {}); Ctrl-C stops",
             if netdma.is_enabled() {
                 "with DMA offload"
             } else {
@@ -325,7 +326,14 @@ fn serve<L: Link>(
             },
             args.addr.map(|a| a.0.to_string()).unwrap_or_default(),
             args.port,
-            args.listeners
+            args.listeners,
+            if off.gso {
+                "virtio-net headers, GSO"
+            } else if off.vnet_hdr {
+                "virtio-net headers"
+            } else {
+                "plain frames"
+            }
         );
     }
     let spinner = (!args.json && std::io::stderr().is_terminal()).then(|| {
@@ -432,6 +440,10 @@ fn serve<L: Link>(
     let recv = netdma.stats();
     let config = netdma.config();
     let after_disable = disable_and_unregister(netdma);
+    let link = Some(LinkReport {
+        offloads: stack.link().offloads(),
+        stats: stack.link().stats(),
+    });
     Ok(EchoReport {
         mode: mode.to_owned(),
         integrity_ok: errors.is_empty(),
@@ -448,5 +460,6 @@ fn serve<L: Link>(
         recv,
         engine,
         after_disable,
+        link,
     })
 }

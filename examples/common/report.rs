@@ -93,6 +93,19 @@ pub struct EchoReport {
     pub engine: EngineSnapshot,
     /// The disable and device removal at the end.
     pub after_disable: AfterDisable,
+    /// Real links: what the link negotiated with the kernel and its counters (super-frames
+    /// received and sent, checksums trusted, verified and refused, system calls).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub link: Option<LinkReport>,
+}
+
+/// A real link's offloads and counters at the end of a run.
+#[derive(Clone, Debug, Serialize)]
+pub struct LinkReport {
+    /// What the link negotiated at open.
+    pub offloads: netdma::link::Offloads,
+    /// Its counters.
+    pub stats: netdma::link::LinkStats,
 }
 
 /// Gbit/s for `bytes` in `secs`.
@@ -133,6 +146,7 @@ impl EchoReport {
             recv,
             engine,
             after_disable,
+            link: None,
         }
     }
 

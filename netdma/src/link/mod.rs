@@ -67,6 +67,14 @@ pub trait Link: smoltcp::phy::Device {
     /// together here; [`Stack::poll`](crate::stack::Stack::poll) calls it after each
     /// poll of the interface. Links that send each frame at once do nothing.
     fn flush(&mut self) {}
+
+    /// The link's frame, byte and offload counters.
+    fn stats(&self) -> LinkStats;
+
+    /// The offloads the link negotiated (none for links that have no kernel peer).
+    fn offloads(&self) -> Offloads {
+        Offloads::default()
+    }
 }
 
 /// Which offloads a kernel-backed link negotiated with the kernel at open.

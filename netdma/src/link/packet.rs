@@ -614,6 +614,33 @@ impl VnetPacketSocket {
     pub fn qdisc_bypass(&self) -> bool {
         self.tx.bypass
     }
+
+    /// Blocks until one of `sockets` may have a frame or `timeout` passes; returns at
+    /// once if one has received frames waiting in its batch.
+    pub fn wait_any(sockets: &[&VnetPacketSocket], timeout: Duration) -> io::Result<()> {
+        if sockets.iter().any(|s| s.rx.next < s.rx.count) {
+            return Ok(());
+        }
+        let mut fds: Vec<libc::pollfd> = sockets
+            .iter()
+            .map(|s| libc::pollfd {
+                fd: s.fd.as_raw_fd(),
+                events: libc::POLLIN,
+                revents: 0,
+            })
+            .collect();
+        let ms = timeout.as_millis().min(libc::c_int::MAX as u128) as libc::c_int;
+        // SAFETY: `fds` is a live vector of initialised `pollfd`s and we pass its exact
+        // length; poll(2) only writes their `revents`.
+        let r = unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, ms) };
+        if r < 0 {
+            let err = io::Error::last_os_error();
+            if err.kind() != io::ErrorKind::Interrupted {
+                return Err(err);
+            }
+        }
+        Ok(())
+    }
 }
 
 impl RxBatch {
@@ -972,6 +999,14 @@ impl Link for PacketLink {
         if let Path::Vnet(sock) = &mut self.path {
             sock.flush();
         }
+    }
+
+    fn stats(&self) -> LinkStats {
+        PacketLink::stats(self)
+    }
+
+    fn offloads(&self) -> Offloads {
+        PacketLink::offloads(self)
     }
 }
 

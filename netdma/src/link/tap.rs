@@ -302,6 +302,14 @@ impl Link for TapLink {
     fn flush(&mut self) {
         self.reads = 0;
     }
+
+    fn stats(&self) -> LinkStats {
+        self.stats
+    }
+
+    fn offloads(&self) -> Offloads {
+        self.offloads
+    }
 }
 
 /// Receive token of a [`TapLink`]: borrows the frame from the link's buffer.
