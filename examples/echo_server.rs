@@ -108,6 +108,10 @@ struct Args {
     #[arg(long, value_name = "N", default_value_t = 16,
           value_parser = clap::value_parser!(u32).range(1..=4096))]
     listeners: u32,
+    /// Real links: read and discard instead of echoing (a one-way sink; the report's
+    /// `bytes_echoed` counts the bytes received).
+    #[arg(long)]
+    sink: bool,
     /// Real links: stop after this many seconds (default: run until Ctrl-C).
     #[arg(long, value_name = "SECS", value_parser = parse_duration)]
     duration: Option<Duration>,
@@ -380,7 +384,12 @@ fn serve<L: Link>(
                     if slot.conn.closed {
                         continue;
                     }
-                    match slot.conn.step(netdma, sock) {
+                    let stepped = if args.sink {
+                        slot.conn.sink_step(netdma, sock)
+                    } else {
+                        slot.conn.step(netdma, sock)
+                    };
+                    match stepped {
                         Ok(0) => {}
                         Ok(_) => {
                             busy = true;
