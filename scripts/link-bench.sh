@@ -237,7 +237,7 @@ oneway_run() {
         'BEGIN { mib = b / 1048576; printf "%s %.3f %.3f %s\n", g, t * 1000 / hz / mib, p * 1000 / hz / mib, rx }'
 }
 
-median() { sort -g | awk '{ v[NR] = $1 } END { if (NR == 0) print "-"; else if (v[1] !~ /^[0-9.]+$/) print v[1]; else printf "%.3g\n", (NR % 2) ? v[(NR + 1) / 2] : (v[NR / 2] + v[NR / 2 + 1]) / 2 }'; }
+median() { sort -g | awk '{ v[NR] = $1 } END { if (NR == 0) print "-"; else if (v[1] !~ /^[0-9.]+$/) print v[1]; else { m = (NR % 2) ? v[(NR + 1) / 2] : (v[NR / 2] + v[NR / 2 + 1]) / 2; if (m >= 100) printf "%d\n", m; else printf "%.3g\n", m } }'; }
 
 declare -A results
 for mtu in 1500 9000; do
