@@ -94,9 +94,14 @@ struct Direction {
     cut: u64,
     /// Frames the segmenter could not handle (dropped).
     unsupported: u64,
+    /// TCP frames dropped.
     dropped: u64,
+    /// TCP frames sent twice.
     duplicated: u64,
+    /// TCP frames held back behind the next one.
     reordered: u64,
+    /// Frames put on the other side with a flipped byte (a duplicated corrupted frame
+    /// counts twice).
     corrupted: u64,
 }
 
@@ -146,8 +151,20 @@ fn main() -> ExitCode {
 /// Frames on their way from one side to the other.
 struct Way {
     segs: Vec<Vec<u8>>,
-    held: Option<Vec<u8>>,
+    /// A frame held back for reordering, and whether it is corrupted.
+    held: Option<(Vec<u8>, bool)>,
     stats: Direction,
+}
+
+impl Way {
+    /// Puts `frame` on `to` (without checksum flags), counting it.
+    fn put(&mut self, to: &mut VnetPacketSocket, frame: &[u8], corrupted: bool) {
+        to.send(&VnetHeader::default(), frame);
+        self.stats.sent += 1;
+        if corrupted {
+            self.stats.corrupted += 1;
+        }
+    }
 }
 
 fn is_tcp_v4(frame: &[u8]) -> Option<usize> {
@@ -165,7 +182,6 @@ fn pump(
     w: &WireArgs,
     rng: &mut ChaCha8Rng,
 ) -> bool {
-    let plain = VnetHeader::default();
     let mut moved = false;
     while let Some(buf) = from.recv() {
         moved = true;
@@ -181,20 +197,20 @@ fn pump(
         if way.segs.len() > 1 {
             way.stats.cut += 1;
         }
-        for mut f in way.segs.drain(..) {
+        let mut segs = std::mem::take(&mut way.segs);
+        for mut f in segs.drain(..) {
             let Some(ihl) = is_tcp_v4(&f) else {
-                to.send(&plain, &f);
-                way.stats.sent += 1;
+                way.put(to, &f, false);
                 continue;
             };
             if rng.random_bool(w.drop) {
                 way.stats.dropped += 1;
                 continue;
             }
-            if rng.random_bool(w.corrupt) {
+            let corrupted = rng.random_bool(w.corrupt);
+            if corrupted {
                 let at = rng.random_range(14 + ihl..f.len());
                 f[at] ^= rng.random_range(1..=255u8);
-                way.stats.corrupted += 1;
             }
             let copies = if rng.random_bool(w.dup) {
                 way.stats.duplicated += 1;
@@ -204,18 +220,17 @@ fn pump(
             };
             if way.held.is_none() && rng.random_bool(w.reorder) {
                 way.stats.reordered += 1;
-                way.held = Some(f);
+                way.held = Some((f, corrupted));
                 continue;
             }
             for _ in 0..copies {
-                to.send(&plain, &f);
-                way.stats.sent += 1;
+                way.put(to, &f, corrupted);
             }
-            if let Some(h) = way.held.take() {
-                to.send(&plain, &h);
-                way.stats.sent += 1;
+            if let Some((h, c)) = way.held.take() {
+                way.put(to, &h, c);
             }
         }
+        way.segs = segs;
     }
     moved
 }
@@ -254,9 +269,8 @@ fn faulty_wire(w: &WireArgs) -> Result<WireReport, String> {
         }
         // Idle: a frame held back for reordering goes now rather than wait for traffic.
         for (way, to) in [(&mut ab, &mut b), (&mut ba, &mut a)] {
-            if let Some(h) = way.held.take() {
-                to.send(&VnetHeader::default(), &h);
-                way.stats.sent += 1;
+            if let Some((h, c)) = way.held.take() {
+                way.put(to, &h, c);
                 to.flush();
             }
         }
