@@ -1201,7 +1201,7 @@ mod tests {
             if !corrupted_sent && got.len() > total / 2 {
                 // A frame from "a wire" (no checksum flags) for the server's port, one
                 // byte of its payload flipped: dropped in the link, counted.
-                let mut frame = vec![0u8; VNET_HDR_LEN + 14 + 20 + 20 + 100];
+                let mut frame = [0u8; VNET_HDR_LEN + 14 + 20 + 20 + 100];
                 let f = &mut frame[VNET_HDR_LEN..];
                 f[..6].copy_from_slice(&[2, 0, 0, 0, 0, 2]);
                 f[6..12].copy_from_slice(&[2, 0, 0, 0, 0, 1]);
