@@ -10,7 +10,7 @@
 //! | --- | --- | --- |
 //! | [`MemoryLink`] ([`memory_pair`]) | two ends of an in-memory Ethernet cable, frames handed over through bounded queues | tests, benchmarks and examples that run both TCP peers (two smoltcp stacks) in one process; no privileges, no kernel involved, deterministic; checksums are not computed or verified (both ends are smoltcp) |
 //! | [`TapLink`] | a Linux TAP interface (`/dev/net/tun`) | talking to the host kernel's TCP stack (e.g. `nc`, `iperf`) through a virtual interface you configure with `ip`; needs root or `CAP_NET_ADMIN` |
-//! | [`PacketLink`] | an `AF_PACKET` raw socket bound to an existing interface (via `pnet_datalink`) | attaching the stack to a veth pair, bridge port or real NIC; needs root or `CAP_NET_RAW` |
+//! | [`PacketLink`] | an `AF_PACKET` raw socket bound to an existing interface (virtio-net headers and batches on `libc`; `pnet_datalink` for the interface lookup and the plain fallback) | attaching the stack to a veth pair, bridge port or real NIC; needs root or `CAP_NET_RAW` |
 //!
 //! [`TapLink`] and [`PacketLink`] talk to a real kernel peer. Where the kernel offers
 //! virtio-net headers (`PACKET_VNET_HDR`, `IFF_VNET_HDR`), they play the part of a NIC
@@ -118,6 +118,9 @@ pub struct LinkStats {
     pub rx_dropped: u64,
     /// System calls that received frames (one per batch).
     pub rx_syscalls: u64,
+    /// Receive system calls that found no frame ready (one per poll that drained the
+    /// link; a memory-mapped ring would need none).
+    pub rx_empty_syscalls: u64,
     /// System calls that sent frames (one per batch).
     pub tx_syscalls: u64,
 }

@@ -711,10 +711,9 @@ impl RxBatch {
         };
         if n < 0 {
             let err = io::Error::last_os_error();
-            if !matches!(
-                err.kind(),
-                io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted
-            ) {
+            if err.kind() == io::ErrorKind::WouldBlock {
+                stats.rx_empty_syscalls += 1;
+            } else if err.kind() != io::ErrorKind::Interrupted {
                 *errors += 1;
                 tracing::debug!(%err, "packet link: recvmmsg failed");
             }

@@ -239,10 +239,9 @@ impl Device for TapLink {
             let n = unsafe { libc::read(fd, self.rx_buf.as_mut_ptr().cast(), self.rx_buf.len()) };
             if n < 0 {
                 let err = io::Error::last_os_error();
-                if !matches!(
-                    err.kind(),
-                    io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted
-                ) {
+                if err.kind() == io::ErrorKind::WouldBlock {
+                    self.stats.rx_empty_syscalls += 1;
+                } else if err.kind() != io::ErrorKind::Interrupted {
                     self.rx_errors += 1;
                     tracing::debug!(iface = %self.name, %err, "tap: read failed");
                 }
