@@ -123,8 +123,11 @@ impl Default for PacketOptions {
 /// Our own transmitted frames are not looped back to us (`PACKET_IGNORE_OUTGOING`,
 /// Linux >= 4.20; on older kernels they are, and smoltcp ignores them).
 ///
-/// [`wait`](Link::wait) sleeps in poll(2) on the socket; frames smoltcp sends during a
-/// poll are sent together by [`flush`](Link::flush).
+/// [`wait`](Link::wait) sleeps in poll(2) on the socket. Frames smoltcp sends during a
+/// poll are queued and sent together by [`flush`](Link::flush), which
+/// [`Stack::poll`](crate::stack::Stack::poll) calls after each poll; driven by a bare
+/// smoltcp `Interface`, they go at the latest when the next poll receives or when
+/// [`wait`](Link::wait) is about to sleep.
 pub struct PacketLink {
     name: String,
     frame_mtu: usize,
@@ -616,6 +619,8 @@ impl VnetPacketSocket {
         if self.rx.next < self.rx.count {
             return Ok(());
         }
+        // Nothing queued for sending may wait through the sleep.
+        self.flush();
         let fd = self.fd.as_raw_fd();
         let revents = poll_readable(fd, timeout)?;
         if revents & libc::POLLERR != 0 {
@@ -678,6 +683,8 @@ impl RxBatch {
         self.next = 0;
         self.count = 0;
         if self.batches >= MAX_RX_BATCHES_PER_POLL {
+            // End this drain so smoltcp can transmit; the next one starts afresh.
+            self.batches = 0;
             return false;
         }
         // SAFETY: all-zero `iovec`s and `mmsghdr`s are valid values (null pointers and
@@ -912,10 +919,14 @@ impl Device for PacketLink {
                 let sock = &mut **sock;
                 let fd = sock.fd.as_raw_fd();
                 let i = loop {
-                    if sock.rx.next == sock.rx.count
-                        && !sock.rx.refill(fd, &mut sock.stats, &mut sock.rx_errors)
-                    {
-                        return None;
+                    if sock.rx.next == sock.rx.count {
+                        // Before the next system call, send what smoltcp queued (replies
+                        // made during this drain, or the last poll's frames if nobody
+                        // called `flush`).
+                        sock.tx.flush(fd, &mut sock.stats);
+                        if !sock.rx.refill(fd, &mut sock.stats, &mut sock.rx_errors) {
+                            return None;
+                        }
                     }
                     let i = sock.rx.next;
                     sock.rx.next += 1;
