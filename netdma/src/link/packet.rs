@@ -220,8 +220,11 @@ impl PacketLink {
                     stats: LinkStats::default(),
                 });
             }
-            Some(Err(e)) if e.kind() == io::ErrorKind::PermissionDenied => return Err(e),
-            Some(Err(e)) => format!("the kernel refused virtio-net headers ({e})"),
+            Some(Err(e)) if e.kind() == io::ErrorKind::Unsupported => {
+                format!("the kernel refused virtio-net headers ({e})")
+            }
+            // Anything else (permissions, the interface) would fail the plain path too.
+            Some(Err(e)) => return Err(e),
             None => "virtio-net headers not requested".to_owned(),
         };
         tracing::warn!(
@@ -459,8 +462,8 @@ impl VnetPacketSocket {
     /// Opens the socket on the interface `iface` with `rcvbuf_bytes` of socket buffer.
     ///
     /// Fails with `NotFound` for no such interface, with the kernel's error if the
-    /// socket cannot be opened (e.g. `PermissionDenied`), and with the kernel's refusal
-    /// of `PACKET_VNET_HDR` if it has no virtio-net header support.
+    /// socket cannot be opened (e.g. `PermissionDenied`), and with `Unsupported` if the
+    /// kernel refuses `PACKET_VNET_HDR` (no virtio-net header support).
     pub fn open(iface: &str, rcvbuf_bytes: usize) -> io::Result<Self> {
         let index = find_interface(iface)?.index;
         Self::open_index(iface, index, rcvbuf_bytes)
@@ -472,7 +475,12 @@ impl VnetPacketSocket {
         // else, so `OwnedFd` may take it (and close it on every error path below).
         let fd = unsafe { OwnedFd::from_raw_fd(open_packet_socket(0)?) };
         let raw = fd.as_raw_fd();
-        set_int_opt(raw, libc::SOL_PACKET, PACKET_VNET_HDR, 1)?;
+        if let Err(e) = set_int_opt(raw, libc::SOL_PACKET, PACKET_VNET_HDR, 1) {
+            return Err(io::Error::new(
+                io::ErrorKind::Unsupported,
+                format!("PACKET_VNET_HDR refused: {e}"),
+            ));
+        }
         // SAFETY: `sockaddr_ll` is a plain C struct of integers and a byte array; all
         // zeros is a valid value, and the fields that matter are set below.
         let mut sll: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
@@ -1302,7 +1310,7 @@ mod tests {
     fn refused_virtio_net_headers_fall_back_to_the_plain_path() {
         let iface = find_interface("lo").unwrap();
         let mtu = interface_mtu("lo").unwrap() + 14;
-        let refused = io::Error::from_raw_os_error(libc::ENOPROTOOPT);
+        let refused = io::Error::new(io::ErrorKind::Unsupported, "PACKET_VNET_HDR refused");
         let link = PacketLink::choose(
             "lo",
             &iface,
@@ -1327,6 +1335,7 @@ mod tests {
         .unwrap();
         assert_eq!(plain.offloads(), Offloads::default());
         // A permission error is not a refusal of the header: it is reported as such.
+        // (So is any error other than the header's refusal.)
         let denied = io::Error::from_raw_os_error(libc::EPERM);
         let err = PacketLink::choose(
             "lo",

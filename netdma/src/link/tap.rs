@@ -154,15 +154,12 @@ impl TapLink {
                     }
                     Err(e) => why = format!("the kernel refused the TAP offloads ({e})"),
                 },
-                Err(e)
-                    if matches!(
-                        e.kind(),
-                        io::ErrorKind::InvalidInput | io::ErrorKind::PermissionDenied
-                    ) || e.raw_os_error() == Some(libc::ENODEV) =>
-                {
-                    return Err(e)
+                // EINVAL from TUNSETIFF: a flag this kernel does not know.
+                Err(e) if e.raw_os_error() == Some(libc::EINVAL) => {
+                    why = format!("the kernel refused IFF_VNET_HDR ({e})")
                 }
-                Err(e) => why = format!("the kernel refused IFF_VNET_HDR ({e})"),
+                // Anything else (a bad name, permissions, busy) fails the plain path too.
+                Err(e) => return Err(e),
             }
         }
         tracing::warn!(
