@@ -33,7 +33,7 @@ use common::setup::{build_netdma, DmaOptions};
 use common::size::{parse_copybreak, parse_size, parse_usize_at_least};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use netdma::config::Copybreak;
-use netdma::link::{Link, PacketLink, TapLink};
+use netdma::link::{Link, PacketLink, PacketOptions, TapLink, TapOptions};
 use netdma::stack::{Stack, StackConfig};
 use netdma::NetDma;
 use smoltcp::iface::SocketHandle;
@@ -108,6 +108,11 @@ struct Args {
     #[arg(long, value_name = "N", default_value_t = 16,
           value_parser = clap::value_parser!(u32).range(1..=4096))]
     listeners: u32,
+    /// Real links: no virtio-net headers (the plain path: MTU-sized frames, one system
+    /// call per frame, every checksum by smoltcp; an AF_PACKET peer then needs its
+    /// transmit checksum offload off).
+    #[arg(long)]
+    plain_link: bool,
     /// Real links: read and discard instead of echoing (a one-way sink; the report's
     /// `bytes_echoed` counts the bytes received).
     #[arg(long)]
@@ -276,12 +281,21 @@ fn serve_real(args: &Args, netdma: &NetDma) -> Result<EchoReport, String> {
     }
     // TapLink is not Send: it is created and polled on this thread.
     if let Some(name) = &args.tap {
-        let link = TapLink::open(name).map_err(|e| format!("opening TAP {name}: {e}"))?;
+        let opts = TapOptions {
+            vnet_hdr: !args.plain_link,
+        };
+        let link =
+            TapLink::open_with(name, opts).map_err(|e| format!("opening TAP {name}: {e}"))?;
         let mtu = link.mtu();
         let stack = Stack::try_new(link, config).map_err(|e| format!("stack: {e}"))?;
         serve(stack, "tap", mtu, args, netdma, &stop)
     } else if let Some(name) = &args.iface {
-        let link = PacketLink::open(name).map_err(|e| format!("opening interface {name}: {e}"))?;
+        let opts = PacketOptions {
+            vnet_hdr: !args.plain_link,
+            ..PacketOptions::default()
+        };
+        let link = PacketLink::open_with(name, opts)
+            .map_err(|e| format!("opening interface {name}: {e}"))?;
         let mtu = link.mtu();
         let stack = Stack::try_new(link, config).map_err(|e| format!("stack: {e}"))?;
         serve(stack, "iface", mtu, args, netdma, &stop)

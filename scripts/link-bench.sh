@@ -3,7 +3,10 @@
 #   - a kernel-socket echo server (a few lines of python3 on the kernel's TCP), on a veth;
 #   - the project's echo server (smoltcp + netdma) on a veth, through AF_PACKET;
 #   - the project's echo server behind a TAP;
-# at MTU 1500 and 9000, the kernel peer always with its default offloads. Prints Gbit/s
+#   - for reference, the project's echo server on the plain AF_PACKET path (no virtio-net
+#     headers: one frame per system call), whose kernel peer must have its transmit
+#     offloads off;
+# at MTU 1500 and 9000, the kernel peer otherwise with its default offloads. Prints Gbit/s
 # (echoed bytes per second, as echo_client reports them), the ratios project/kernel and
 # the link's super-frame (GSO) counters. Then a one-way run (the kernel sends, the
 # project's echo server in --sink mode receives over the veth) reports the receiving
@@ -11,13 +14,13 @@
 #
 #   scripts/link-bench.sh [--rounds N] [--connections K] [--bytes N] [--oneway-bytes N] [--write]
 #
-# Each configuration runs --rounds times (default 3), interleaved, and the median is
+# Each configuration runs --rounds times (default 5), interleaved, and the median is
 # reported. --write replaces the "Real links" section of BENCHMARKS.md with the tables
 # (and the machine they were measured on). Needs root, iproute2 and python3.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-rounds=3
+rounds=5
 connections=4
 bytes=32MiB
 oneway_bytes=256MiB
@@ -40,9 +43,10 @@ for t in ip python3; do
 done
 
 target=${CARGO_TARGET_DIR:-target}
-"${CARGO:-cargo}" build --release --example echo_server --example echo_client >&2
+"${CARGO:-cargo}" build --release --example echo_server --example echo_client --example link_tool >&2
 server_bin=$target/release/examples/echo_server
 client_bin=$target/release/examples/echo_client
+tool_bin=$target/release/examples/link_tool
 
 to_bytes() {
     local v=$1
@@ -184,7 +188,7 @@ stop_project() {
     server_pid=
 }
 
-# echo_run kernel|veth|tap MTU: prints "GBPS RX_GSO TX_GSO".
+# echo_run kernel|veth|tap|plain MTU: prints "GBPS RX_GSO TX_GSO".
 echo_run() {
     local kind=$1 mtu=$2
     if [ "$kind" = kernel ]; then
@@ -192,6 +196,10 @@ echo_run() {
         ip netns exec "$ns_s" python3 -c "$kernel_echo_py" >"$work/server.err" 2>&1 &
         server_pid=$!
         wait_for "$work/server.err" listening || { echo "link-bench: python server failed" >&2; cat "$work/server.err" >&2; exit 1; }
+    elif [ "$kind" = plain ]; then
+        net_up veth "$mtu"
+        in_ns "$ns_c" "$tool_bin" tx-csum "$if_c" off 2>/dev/null
+        start_project veth --plain-link
     else
         net_up "$kind" "$mtu"
         start_project "$kind"
@@ -242,7 +250,7 @@ median() { sort -g | awk '{ v[NR] = $1 } END { if (NR == 0) print "-"; else if (
 declare -A results
 for mtu in 1500 9000; do
     for r in $(seq 1 "$rounds"); do
-        for kind in kernel veth tap; do
+        for kind in kernel veth tap plain; do
             line=$(echo_run "$kind" "$mtu")
             echo "link-bench: MTU $mtu round $r $kind: $line" >&2
             results[$kind,$mtu]+="$line"$'\n'
@@ -280,6 +288,8 @@ cpu_model=$(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2- | sed 's/^ *//')
     echo "| kernel-socket echo server (python3), veth | $k15 | $k90 |"
     echo "| project echo server, AF_PACKET on a veth | $v15 ($(ratio "$v15" "$k15")x) | $v90 ($(ratio "$v90" "$k90")x) |"
     echo "| project echo server, TAP | $t15 ($(ratio "$t15" "$k15")x) | $t90 ($(ratio "$t90" "$k90")x) |"
+    p15=$(col plain,1500 1); p90=$(col plain,9000 1)
+    echo "| for reference: project echo server, plain AF_PACKET path (\`--plain-link\`, peer offloads off) | $p15 ($(ratio "$p15" "$k15")x) | $p90 ($(ratio "$p90" "$k90")x) |"
     echo
     echo "Super-frames (frames larger than the MTU) the project's link received / sent in one run:"
     echo
