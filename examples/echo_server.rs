@@ -279,7 +279,7 @@ fn serve_real(args: &Args, netdma: &NetDma) -> Result<EchoReport, String> {
             eprintln!("echo_server: warning: cannot catch Ctrl-C: {e}");
         }
     }
-    // TapLink is not Send: it is created and polled on this thread.
+    // The link is created and polled on this thread.
     if let Some(name) = &args.tap {
         let opts = TapOptions {
             vnet_hdr: !args.plain_link,
