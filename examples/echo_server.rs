@@ -113,9 +113,6 @@ struct Args {
     /// transmit checksum offload off).
     #[arg(long)]
     plain_link: bool,
-    /// Real links (AF_PACKET): receive through a TPACKET_V2 ring instead of recvmmsg.
-    #[arg(long)]
-    rx_ring: bool,
     /// Real links: read and discard instead of echoing (a one-way sink; the report's
     /// `bytes_echoed` counts the bytes received).
     #[arg(long)]
@@ -295,7 +292,6 @@ fn serve_real(args: &Args, netdma: &NetDma) -> Result<EchoReport, String> {
     } else if let Some(name) = &args.iface {
         let opts = PacketOptions {
             vnet_hdr: !args.plain_link,
-            rx_ring: args.rx_ring,
             ..PacketOptions::default()
         };
         let link = PacketLink::open_with(name, opts)

@@ -82,9 +82,6 @@ pub struct PacketOptions {
     /// Try virtio-net headers, GSO and batches (default `true`); `false` takes the
     /// plain path at once.
     pub vnet_hdr: bool,
-    /// Receive through a memory-mapped `TPACKET_V2` ring instead of `recvmmsg`
-    /// (default `false`).
-    pub rx_ring: bool,
 }
 
 impl Default for PacketOptions {
@@ -92,7 +89,6 @@ impl Default for PacketOptions {
         PacketOptions {
             rcvbuf_bytes: DEFAULT_RCVBUF_BYTES,
             vnet_hdr: true,
-            rx_ring: false,
         }
     }
 }
@@ -197,7 +193,6 @@ impl PacketLink {
                 iface_name,
                 iface.index,
                 opts.rcvbuf_bytes,
-                opts.rx_ring,
             ))
         } else {
             None
@@ -428,7 +423,6 @@ pub struct VnetPacketSocket {
     fd: OwnedFd,
     rcvbuf_bytes: usize,
     rx: RxBatch,
-    ring: Option<RxRing>,
     tx: TxBatch,
     rx_errors: u64,
     stats: LinkStats,
@@ -472,15 +466,10 @@ impl VnetPacketSocket {
     /// kernel refuses `PACKET_VNET_HDR` (no virtio-net header support).
     pub fn open(iface: &str, rcvbuf_bytes: usize) -> io::Result<Self> {
         let index = find_interface(iface)?.index;
-        Self::open_index(iface, index, rcvbuf_bytes, false)
+        Self::open_index(iface, index, rcvbuf_bytes)
     }
 
-    fn open_index(
-        name: &str,
-        ifindex: u32,
-        rcvbuf_bytes: usize,
-        rx_ring: bool,
-    ) -> io::Result<Self> {
+    fn open_index(name: &str, ifindex: u32, rcvbuf_bytes: usize) -> io::Result<Self> {
         // Protocol 0: no frame is queued before bind() picks the interface.
         // SAFETY: the descriptor was just returned by socket(2) and is owned by no one
         // else, so `OwnedFd` may take it (and close it on every error path below).
@@ -531,11 +520,6 @@ impl VnetPacketSocket {
             return Err(io::Error::last_os_error());
         }
         let rcvbuf = configure_socket(raw, rcvbuf_bytes)?;
-        let ring = if rx_ring {
-            Some(RxRing::open(raw)?)
-        } else {
-            None
-        };
         let qdisc_bypass = match set_int_opt(raw, libc::SOL_PACKET, PACKET_QDISC_BYPASS, 1) {
             Ok(()) => true,
             Err(e) => {
@@ -551,7 +535,6 @@ impl VnetPacketSocket {
         Ok(VnetPacketSocket {
             fd,
             rcvbuf_bytes: rcvbuf,
-            ring,
             rx: RxBatch {
                 bufs: (0..BATCH)
                     .map(|_| vec![0u8; RX_BUF].into_boxed_slice())
@@ -580,7 +563,6 @@ impl VnetPacketSocket {
         VnetPacketSocket {
             fd,
             rcvbuf_bytes: 0,
-            ring: None,
             rx: RxBatch {
                 bufs: (0..BATCH)
                     .map(|_| vec![0u8; RX_BUF].into_boxed_slice())
@@ -645,12 +627,6 @@ impl VnetPacketSocket {
         if self.rx.next < self.rx.count {
             return Ok(());
         }
-        if let Some(ring) = &mut self.ring {
-            ring.release();
-            if ring.ready() {
-                return Ok(());
-            }
-        }
         // Nothing queued for sending may wait through the sleep.
         self.flush();
         let fd = self.fd.as_raw_fd();
@@ -707,142 +683,6 @@ impl VnetPacketSocket {
         Ok(())
     }
 }
-
-/// `PACKET_VERSION`, `PACKET_RX_RING` and `TPACKET_V2` from `<linux/if_packet.h>`.
-const PACKET_VERSION: libc::c_int = 10;
-const PACKET_RX_RING: libc::c_int = 5;
-const TPACKET_V2: libc::c_int = 1;
-const TP_STATUS_USER: u32 = 1;
-/// Bytes per ring frame: the largest super-frame, its header and the ring's own header.
-const RING_FRAME: usize = 17 * 4096;
-const RING_FRAMES: usize = 64;
-
-/// `struct tpacket_req`.
-#[repr(C)]
-struct TpacketReq {
-    tp_block_size: libc::c_uint,
-    tp_block_nr: libc::c_uint,
-    tp_frame_size: libc::c_uint,
-    tp_frame_nr: libc::c_uint,
-}
-
-/// A memory-mapped `TPACKET_V2` receive ring.
-struct RxRing {
-    base: *mut u8,
-    size: usize,
-    next: usize,
-    held: bool,
-}
-
-impl RxRing {
-    fn open(fd: RawFd) -> io::Result<Self> {
-        set_int_opt(fd, libc::SOL_PACKET, PACKET_VERSION, TPACKET_V2)?;
-        let req = TpacketReq {
-            tp_block_size: RING_FRAME as libc::c_uint,
-            tp_block_nr: RING_FRAMES as libc::c_uint,
-            tp_frame_size: RING_FRAME as libc::c_uint,
-            tp_frame_nr: RING_FRAMES as libc::c_uint,
-        };
-        // SAFETY: `req` is a live `tpacket_req` and we pass its exact size.
-        let r = unsafe {
-            libc::setsockopt(
-                fd,
-                libc::SOL_PACKET,
-                PACKET_RX_RING,
-                (&req as *const TpacketReq).cast(),
-                std::mem::size_of::<TpacketReq>() as libc::socklen_t,
-            )
-        };
-        if r == -1 {
-            return Err(io::Error::last_os_error());
-        }
-        let size = RING_FRAME * RING_FRAMES;
-        // SAFETY: maps the ring the kernel just allocated for `fd`; no existing memory
-        // is touched, and the result is checked.
-        let base = unsafe {
-            libc::mmap(
-                std::ptr::null_mut(),
-                size,
-                libc::PROT_READ | libc::PROT_WRITE,
-                libc::MAP_SHARED,
-                fd,
-                0,
-            )
-        };
-        if base == libc::MAP_FAILED {
-            return Err(io::Error::last_os_error());
-        }
-        Ok(RxRing {
-            base: base.cast(),
-            size,
-            next: 0,
-            held: false,
-        })
-    }
-
-    fn status(&self, i: usize) -> &std::sync::atomic::AtomicU32 {
-        // SAFETY: frame `i` starts inside the mapping, 16-byte aligned; its first word is
-        // the status the kernel and we hand over with atomic stores.
-        unsafe { &*(self.base.add(i * RING_FRAME) as *const std::sync::atomic::AtomicU32) }
-    }
-
-    fn ready(&self) -> bool {
-        self.status(self.next)
-            .load(std::sync::atomic::Ordering::Acquire)
-            & TP_STATUS_USER
-            != 0
-    }
-
-    /// The `[vnet header][frame]` range of the next ready frame, if any.
-    fn peek(&self) -> Option<(usize, usize)> {
-        if !self.ready() {
-            return None;
-        }
-        let f = self.next * RING_FRAME;
-        // SAFETY: the frame is ours (TP_STATUS_USER, read with acquire ordering); its
-        // `tpacket2_hdr` is at its start: tp_len at 4, tp_snaplen at 8, tp_mac at 12.
-        let (len, snap, mac) = unsafe {
-            let h = self.base.add(f);
-            (
-                std::ptr::read_unaligned(h.add(4) as *const u32) as usize,
-                std::ptr::read_unaligned(h.add(8) as *const u32) as usize,
-                std::ptr::read_unaligned(h.add(12) as *const u16) as usize,
-            )
-        };
-        if snap < len || mac < VNET_HDR_LEN || mac + snap > RING_FRAME {
-            // Truncated or malformed: an empty range, dropped by the caller.
-            return Some((f, 0));
-        }
-        Some((f + mac - VNET_HDR_LEN, VNET_HDR_LEN + snap))
-    }
-
-    fn hold(&mut self) {
-        self.held = true;
-    }
-
-    /// Hands the frame last lent out back to the kernel.
-    fn release(&mut self) {
-        if self.held {
-            self.status(self.next)
-                .store(0, std::sync::atomic::Ordering::Release);
-            self.next = (self.next + 1) % RING_FRAMES;
-            self.held = false;
-        }
-    }
-}
-
-impl Drop for RxRing {
-    fn drop(&mut self) {
-        // SAFETY: unmaps exactly the mapping `open` made; nothing borrows it any more
-        // (tokens borrow the link that owns this ring).
-        unsafe {
-            libc::munmap(self.base.cast(), self.size);
-        }
-    }
-}
-
-// SAFETY: the ring is owned memory reached only through `&mut self` of its link.
-unsafe impl Send for RxRing {}
 
 impl RxBatch {
     /// Fills the batch with one non-blocking `recvmmsg`; `false` if nothing came (or the
@@ -1086,36 +926,6 @@ impl Device for PacketLink {
             Path::Vnet(sock) => {
                 let sock = &mut **sock;
                 let fd = sock.fd.as_raw_fd();
-                if let Some(ring) = &mut sock.ring {
-                    let (start, len) = loop {
-                        ring.release();
-                        let Some((start, len)) = ring.peek() else {
-                            sock.tx.flush(fd, &mut sock.stats);
-                            return None;
-                        };
-                        ring.hold();
-                        // SAFETY: `peek` returned a range inside the mapping of a frame
-                        // the kernel handed to us (TP_STATUS_USER); it does not write it
-                        // until `release` hands it back.
-                        let buf = unsafe { std::slice::from_raw_parts(ring.base.add(start), len) };
-                        if super::accept_vnet_frame(buf, frame_mtu, &mut sock.stats) {
-                            break (start, len);
-                        }
-                    };
-                    // SAFETY: as above; the frame stays ours while the token borrows the
-                    // link (the next `receive`, `wait` or drop releases it).
-                    let buf = unsafe { std::slice::from_raw_parts(ring.base.add(start), len) };
-                    let rx = RxToken {
-                        frame: &buf[VNET_HDR_LEN..],
-                    };
-                    let tx = TxToken::Vnet(VnetTx {
-                        batch: &mut sock.tx,
-                        fd,
-                        stats: &mut sock.stats,
-                        gso: None,
-                    });
-                    return Some((rx, tx));
-                }
                 let i = loop {
                     if sock.rx.next == sock.rx.count {
                         // Before the next system call, send what smoltcp queued (replies
