@@ -23,7 +23,7 @@ cd "$(dirname "$0")/.."
 rounds=5
 connections=4
 bytes=32MiB
-oneway_bytes=256MiB
+oneway_bytes=1GiB
 write=0
 while [ $# -gt 0 ]; do
     case "$1" in
@@ -221,9 +221,10 @@ echo_run() {
     echo "$gbps $rx $tx"
 }
 
-# CPU ticks (utime + stime) of a process, and of its main thread.
+# CPU ticks (utime + stime) of a process (its exited threads included), and nanoseconds
+# on CPU of its main thread (schedstat, finer than ticks).
 ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
-thread_ticks() { awk '{print $14 + $15}' "/proc/$1/task/$1/stat"; }
+thread_ns() { awk '{print $1}' "/proc/$1/task/$1/schedstat"; }
 
 # oneway_run MTU FLAGS...: prints "GBPS MAIN_MS_PER_MIB PROCESS_MS_PER_MIB RX_GSO".
 oneway_run() {
@@ -232,9 +233,9 @@ oneway_run() {
     start_project veth --sink "$@"
     local p0 t0 p1 t1 gbps hz
     hz=$(getconf CLK_TCK)
-    p0=$(ticks "$server_pid"); t0=$(thread_ticks "$server_pid")
+    p0=$(ticks "$server_pid"); t0=$(thread_ns "$server_pid")
     gbps=$(in_ns "$ns_c" python3 -c "$sender_py" "$oneway_total" "$connections")
-    p1=$(ticks "$server_pid"); t1=$(thread_ticks "$server_pid")
+    p1=$(ticks "$server_pid"); t1=$(thread_ns "$server_pid")
     stop_project
     local got rx
     got=$(num bytes_echoed "$work/server.json")
@@ -242,7 +243,7 @@ oneway_run() {
     net_down
     [ "$got" = "$oneway_total" ] || { echo "link-bench: the sink got $got of $oneway_total bytes" >&2; exit 1; }
     awk -v g="$gbps" -v t=$((t1 - t0)) -v p=$((p1 - p0)) -v hz="$hz" -v b="$got" -v rx="$rx" \
-        'BEGIN { mib = b / 1048576; printf "%s %.3f %.3f %s\n", g, t * 1000 / hz / mib, p * 1000 / hz / mib, rx }'
+        'BEGIN { mib = b / 1048576; printf "%s %.3f %.3f %s\n", g, t / 1e6 / mib, p * 1000 / hz / mib, rx }'
 }
 
 median() { sort -g | awk '{ v[NR] = $1 } END { if (NR == 0) print "-"; else if (v[1] !~ /^[0-9.]+$/) print v[1]; else { m = (NR % 2) ? v[(NR + 1) / 2] : (v[NR / 2] + v[NR / 2 + 1]) / 2; if (m >= 100) printf "%d\n", m; else printf "%.3g\n", m } }'; }
