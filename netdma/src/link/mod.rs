@@ -41,6 +41,7 @@ use std::io;
 use std::os::unix::io::RawFd;
 use std::time::Duration;
 
+mod ackguard;
 mod ethtool;
 mod memory;
 mod packet;
@@ -116,6 +117,13 @@ pub struct LinkStats {
     pub rx_csum_bad: u64,
     /// Received frames dropped for other reasons (truncated, unreadable header).
     pub rx_dropped: u64,
+    /// Received segments (data or FIN) whose ACK number was older than one the peer
+    /// had already sent on their connection, given the newer ACK and window before
+    /// smoltcp saw them (smoltcp would drop such a segment, data included).
+    pub rx_acks_reordered: u64,
+    /// Frames the kernel dropped before the link could read them (its socket queue was
+    /// full; `PACKET_STATISTICS`), as of the last time the link asked.
+    pub rx_kernel_drops: u64,
     /// System calls that received frames (one per batch).
     pub rx_syscalls: u64,
     /// Receive system calls that found no frame ready (one per poll that drained the
@@ -206,8 +214,14 @@ pub(crate) fn vnet_capabilities(frame_mtu: usize, gso: bool) -> smoltcp::phy::De
 }
 
 /// What a virtio-net link does with one received buffer (`[header][frame]`): counts
-/// it and says whether the frame (`buf[VNET_HDR_LEN..]`) goes up to smoltcp.
-pub(crate) fn accept_vnet_frame(buf: &[u8], frame_mtu: usize, stats: &mut LinkStats) -> bool {
+/// it, keeps its ACK in order ([`ackguard`]) and says whether the frame
+/// (`buf[VNET_HDR_LEN..]`) goes up to smoltcp.
+pub(crate) fn accept_vnet_frame(
+    buf: &mut [u8],
+    frame_mtu: usize,
+    stats: &mut LinkStats,
+    guard: &mut ackguard::AckGuard,
+) -> bool {
     let hdr = match vnet::VnetHeader::parse(buf) {
         Ok(h) => h,
         Err(_) => {
@@ -230,6 +244,9 @@ pub(crate) fn accept_vnet_frame(buf: &[u8], frame_mtu: usize, stats: &mut LinkSt
         stats.rx_gso_frames += 1;
     }
     stats.count_rx(frame.len());
+    let before = guard.rewritten;
+    guard.check(&mut buf[vnet::VNET_HDR_LEN..]);
+    stats.rx_acks_reordered += guard.rewritten - before;
     true
 }
 

@@ -61,6 +61,7 @@ const SO_RCVBUFFORCE: libc::c_int = 0x100b;
 const SO_SNDBUFFORCE: libc::c_int = 0x100a;
 const PACKET_ADD_MEMBERSHIP: libc::c_int = 1;
 const PACKET_MR_PROMISC: libc::c_ushort = 1;
+const PACKET_STATISTICS: libc::c_int = 6;
 const PACKET_VNET_HDR: libc::c_int = 15;
 const PACKET_QDISC_BYPASS: libc::c_int = 20;
 const PACKET_IGNORE_OUTGOING: libc::c_int = 23;
@@ -426,6 +427,9 @@ pub struct VnetPacketSocket {
     tx: TxBatch,
     rx_errors: u64,
     stats: LinkStats,
+    /// Flushes since the kernel's drop counter was last read.
+    flushes: u32,
+    guard: super::ackguard::AckGuard,
 }
 
 impl std::fmt::Debug for VnetPacketSocket {
@@ -553,6 +557,8 @@ impl VnetPacketSocket {
             },
             rx_errors: 0,
             stats: LinkStats::default(),
+            flushes: 0,
+            guard: Default::default(),
         })
     }
 
@@ -581,6 +587,8 @@ impl VnetPacketSocket {
             },
             rx_errors: 0,
             stats: LinkStats::default(),
+            flushes: 0,
+            guard: Default::default(),
         }
     }
 
@@ -619,6 +627,33 @@ impl VnetPacketSocket {
     pub fn flush(&mut self) {
         self.tx.flush(self.fd.as_raw_fd(), &mut self.stats);
         self.rx.batches = 0;
+        self.flushes += 1;
+        if self.flushes >= 256 {
+            self.read_kernel_drops();
+        }
+    }
+
+    /// Adds the frames the kernel dropped since the last call (`PACKET_STATISTICS`,
+    /// which resets on read) to [`LinkStats::rx_kernel_drops`].
+    fn read_kernel_drops(&mut self) {
+        self.flushes = 0;
+        // `struct tpacket_stats`: tp_packets, tp_drops.
+        let mut st = [0u32; 2];
+        let mut len = std::mem::size_of_val(&st) as libc::socklen_t;
+        // SAFETY: `st` and `len` are live locals and `len` holds the size of `st`, so
+        // getsockopt(2) writes at most that many bytes into it and updates `len`.
+        let r = unsafe {
+            libc::getsockopt(
+                self.fd.as_raw_fd(),
+                libc::SOL_PACKET,
+                PACKET_STATISTICS,
+                st.as_mut_ptr().cast(),
+                &mut len,
+            )
+        };
+        if r == 0 {
+            self.stats.rx_kernel_drops += u64::from(st[1]);
+        }
     }
 
     /// Blocks until a frame may be ready or `timeout` passes; returns at once if
@@ -629,6 +664,7 @@ impl VnetPacketSocket {
         }
         // Nothing queued for sending may wait through the sleep.
         self.flush();
+        self.read_kernel_drops();
         let fd = self.fd.as_raw_fd();
         let revents = poll_readable(fd, timeout)?;
         if revents & libc::POLLERR != 0 {
@@ -938,8 +974,8 @@ impl Device for PacketLink {
                     }
                     let i = sock.rx.next;
                     sock.rx.next += 1;
-                    let buf = &sock.rx.bufs[i][..sock.rx.lens[i]];
-                    if super::accept_vnet_frame(buf, frame_mtu, &mut sock.stats) {
+                    let buf = &mut sock.rx.bufs[i][..sock.rx.lens[i]];
+                    if super::accept_vnet_frame(buf, frame_mtu, &mut sock.stats, &mut sock.guard) {
                         break i;
                     }
                 };

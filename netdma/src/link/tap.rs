@@ -70,6 +70,7 @@ pub struct TapLink {
     reads: u32,
     rx_errors: u64,
     stats: LinkStats,
+    guard: super::ackguard::AckGuard,
 }
 
 /// Opens `/dev/net/tun` and attaches it to the TAP `name` with `flags`.
@@ -182,6 +183,7 @@ impl TapLink {
             reads: 0,
             rx_errors: 0,
             stats: LinkStats::default(),
+            guard: Default::default(),
         })
     }
 
@@ -250,7 +252,12 @@ impl Device for TapLink {
                 self.stats.count_rx(n);
                 break n;
             }
-            if super::accept_vnet_frame(&self.rx_buf[..n], self.frame_mtu, &mut self.stats) {
+            if super::accept_vnet_frame(
+                &mut self.rx_buf[..n],
+                self.frame_mtu,
+                &mut self.stats,
+                &mut self.guard,
+            ) {
                 break n;
             }
         };
