@@ -72,6 +72,32 @@ impl AckGuard {
     }
 }
 
+/// The flow, sequence number and payload length of a TCP/IPv4 frame with data.
+pub(crate) fn data_segment(frame: &[u8]) -> Option<(FlowKey, u32, u32)> {
+    if frame.len() < 54 || frame[12..14] != [0x08, 0x00] || frame[23] != 6 {
+        return None;
+    }
+    let ihl = usize::from(frame[14] & 0x0f) * 4;
+    let total = usize::from(u16::from_be_bytes([frame[16], frame[17]]));
+    let l4 = 14 + ihl;
+    if ihl < 20 || frame.len() < l4 + 20 || total + 14 > frame.len() {
+        return None;
+    }
+    let doff = usize::from(frame[l4 + 12] >> 4) * 4;
+    let len = total.checked_sub(ihl + doff).filter(|l| *l > 0)?;
+    let seq = u32::from_be_bytes([frame[l4 + 4], frame[l4 + 5], frame[l4 + 6], frame[l4 + 7]]);
+    Some((key(frame, l4), seq, len as u32))
+}
+
+/// Whether `later` is the data segment that comes right before `earlier` on the same
+/// flow (the two arrived swapped).
+pub(crate) fn swapped(earlier: &[u8], later: &[u8]) -> bool {
+    match (data_segment(earlier), data_segment(later)) {
+        (Some((fa, sa, _)), Some((fb, sb, lb))) => fa == fb && sb.wrapping_add(lb) == sa,
+        _ => false,
+    }
+}
+
 fn key(frame: &[u8], l4: usize) -> FlowKey {
     let a = |i: usize| [frame[i], frame[i + 1], frame[i + 2], frame[i + 3]];
     (
@@ -167,6 +193,23 @@ mod tests {
         g.check(&mut old);
         assert_eq!(ack_win(&old), (9, 6));
         assert_eq!(g.rewritten, 1);
+    }
+
+    #[test]
+    fn adjacent_swapped_segments_are_recognised() {
+        let seg = |seq: u32, sport: u16| {
+            let mut f = frame(sport, 0x18, 1, 1, 100);
+            f[38..42].copy_from_slice(&seq.to_be_bytes());
+            f
+        };
+        assert!(swapped(&seg(1100, 5), &seg(1000, 5)));
+        assert!(!swapped(&seg(1000, 5), &seg(1100, 5)));
+        assert!(!swapped(&seg(1100, 5), &seg(1000, 6)));
+        assert!(!swapped(&seg(1200, 5), &seg(1000, 5)));
+        // Across the wrap.
+        assert!(swapped(&seg(40, 5), &seg(u32::MAX - 59, 5)));
+        // A pure ACK is no data segment.
+        assert!(!swapped(&seg(1100, 5), &frame(5, 0x10, 1, 1, 0)));
     }
 
     #[test]

@@ -121,6 +121,9 @@ pub struct LinkStats {
     /// had already sent on their connection, given the newer ACK and window before
     /// smoltcp saw them (smoltcp would drop such a segment, data included).
     pub rx_acks_reordered: u64,
+    /// Received data segments of one connection that arrived swapped with the one
+    /// before them within a receive batch, and were put back in order.
+    pub rx_reordered: u64,
     /// Frames the kernel dropped before the link could read them (its socket queue was
     /// full; `PACKET_STATISTICS`), as of the last time the link asked.
     pub rx_kernel_drops: u64,

@@ -786,6 +786,19 @@ impl RxBatch {
             kept += 1;
         }
         self.count = kept;
+        // Frames of one connection may arrive swapped (delivered by two CPUs at once);
+        // smoltcp would answer the first with a duplicate ACK and the kernel would
+        // resend a whole super-frame. Put adjacent swapped segments back in order.
+        for i in 1..kept {
+            let (a, b) = self.bufs.split_at(i);
+            let earlier = &a[i - 1][VNET_HDR_LEN..self.lens[i - 1]];
+            let later = &b[0][VNET_HDR_LEN..self.lens[i]];
+            if super::ackguard::swapped(earlier, later) {
+                self.bufs.swap(i - 1, i);
+                self.lens.swap(i - 1, i);
+                stats.rx_reordered += 1;
+            }
+        }
         kept > 0
     }
 }
