@@ -46,12 +46,12 @@ use clap::Parser;
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use netdma::config::Copybreak;
 use netdma::ctl::CtlServer;
-use netdma::link::{Link, PacketLink, TapLink};
+use netdma::link::{Link, PacketLink, PacketOptions, TapLink, TapOptions};
 use netdma::stack::{Stack, StackConfig};
 use netdma::NetDma;
 use netdma_suite::echo::{run_embedded, EmbeddedOptions};
 use netdma_suite::listeners::{peak_rss_bytes, ListenerPool};
-use netdma_suite::report::{disable_and_unregister, gbps, EchoReport, ServerMemory};
+use netdma_suite::report::{disable_and_unregister, gbps, EchoReport, LinkReport, ServerMemory};
 use netdma_suite::setup::{build_netdma, DmaOptions};
 use netdma_suite::size::{parse_copybreak, parse_size, parse_usize_at_least};
 use smoltcp::socket::tcp;
@@ -132,6 +132,15 @@ struct Args {
     #[arg(long, value_name = "N", default_value_t = 1024,
           value_parser = clap::value_parser!(u32).range(1..=65536))]
     max_connections: u32,
+    /// Real links: no virtio-net headers (the plain path: MTU-sized frames, one system
+    /// call per frame, every checksum by smoltcp; an AF_PACKET peer then needs its
+    /// transmit checksum offload off).
+    #[arg(long)]
+    plain_link: bool,
+    /// Real links: read and discard instead of echoing (a one-way sink; the report's
+    /// `bytes_echoed` counts the bytes received).
+    #[arg(long)]
+    sink: bool,
     /// Stop after this many seconds (real links: default until Ctrl-C; the embedded run
     /// stops sending then and ends when the echo is verified).
     #[arg(long, value_name = "SECS", value_parser = parse_duration)]
@@ -307,14 +316,23 @@ fn serve_real(args: &Args, netdma: &NetDma) -> Result<EchoReport, String> {
             eprintln!("echo_server: warning: cannot catch Ctrl-C: {e}");
         }
     }
-    // TapLink is not Send: it is created and polled on this thread.
+    // The link is created and polled on this thread.
     if let Some(name) = &args.tap {
-        let link = TapLink::open(name).map_err(|e| format!("opening TAP {name}: {e}"))?;
+        let opts = TapOptions {
+            vnet_hdr: !args.plain_link,
+        };
+        let link =
+            TapLink::open_with(name, opts).map_err(|e| format!("opening TAP {name}: {e}"))?;
         let mtu = link.mtu();
         let stack = Stack::try_new(link, config).map_err(|e| format!("stack: {e}"))?;
         serve(stack, "tap", mtu, args, netdma, &stop)
     } else if let Some(name) = &args.iface {
-        let link = PacketLink::open(name).map_err(|e| format!("opening interface {name}: {e}"))?;
+        let opts = PacketOptions {
+            vnet_hdr: !args.plain_link,
+            ..PacketOptions::default()
+        };
+        let link = PacketLink::open_with(name, opts)
+            .map_err(|e| format!("opening interface {name}: {e}"))?;
         let mtu = link.mtu();
         let stack = Stack::try_new(link, config).map_err(|e| format!("stack: {e}"))?;
         serve(stack, "iface", mtu, args, netdma, &stop)
@@ -344,8 +362,9 @@ fn serve<L: Link>(
     }
     // Always on stderr (scripts wait for this line), even with --json.
     {
+        let off = stack.link().offloads();
         eprintln!(
-            "echo_server: serving {} on {}:{} over {mode} (MTU {mtu}, {} listeners, at most {} connections); Ctrl-C stops",
+            "echo_server: serving {} on {}:{} over {mode} (MTU {mtu}, {} listeners, at most {} connections, {}); Ctrl-C stops",
             if netdma.is_enabled() {
                 "with DMA offload"
             } else {
@@ -356,7 +375,14 @@ fn serve<L: Link>(
                 .unwrap_or_default(),
             args.port,
             args.listeners,
-            args.max_connections
+            args.max_connections,
+            if off.gso {
+                "virtio-net headers, GSO"
+            } else if off.vnet_hdr {
+                "virtio-net headers"
+            } else {
+                "plain frames"
+            }
         );
     }
     let spinner = (!args.json && std::io::stderr().is_terminal()).then(|| {
@@ -408,7 +434,12 @@ fn serve<L: Link>(
                     if slot.conn.closed {
                         continue;
                     }
-                    match slot.conn.step(netdma, sock) {
+                    let stepped = if args.sink {
+                        slot.conn.sink_step(netdma, sock)
+                    } else {
+                        slot.conn.step(netdma, sock)
+                    };
+                    match stepped {
                         Ok(0) => {}
                         Ok(_) => {
                             busy = true;
@@ -483,6 +514,10 @@ fn serve<L: Link>(
         bound_bytes: pool.max_connections() as u64 * pool.per_connection_bytes() as u64,
         peak_rss_bytes: peak_rss_bytes(),
     };
+    let link = Some(LinkReport {
+        offloads: stack.link().offloads(),
+        stats: stack.link().stats(),
+    });
     Ok(EchoReport {
         mode: mode.to_owned(),
         integrity_ok: errors.is_empty(),
@@ -500,5 +535,6 @@ fn serve<L: Link>(
         engine,
         after_disable,
         memory: Some(memory),
+        link,
     })
 }

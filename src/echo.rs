@@ -102,6 +102,37 @@ impl EchoConn {
     }
 }
 
+impl EchoConn {
+    /// Like [`step`](Self::step) for a sink: reads with `netdma.recv` and discards the
+    /// data (counted in `echoed`), closes once the peer has closed. Returns the bytes read.
+    pub fn sink_step(
+        &mut self,
+        netdma: &NetDma,
+        sock: &mut tcp::Socket<'_>,
+    ) -> Result<usize, String> {
+        let mut moved = 0;
+        for _ in 0..READS_PER_STEP {
+            match netdma.recv(sock, &mut self.buf) {
+                Ok(0) => break,
+                Ok(n) => {
+                    self.echoed += n as u64;
+                    moved += n;
+                }
+                Err(RecvError::Finished) => {
+                    self.finished = true;
+                    break;
+                }
+                Err(e) => return Err(format!("netdma recv: {e}")),
+            }
+        }
+        if self.finished && !self.closed {
+            sock.close();
+            self.closed = true;
+        }
+        Ok(moved)
+    }
+}
+
 /// What the embedded run does.
 #[derive(Clone, Debug)]
 pub struct EmbeddedOptions {

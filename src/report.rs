@@ -105,6 +105,10 @@ pub struct EchoReport {
     /// Real links: the server's connections and memory (absent in embedded mode).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub memory: Option<ServerMemory>,
+    /// Real links: what the link negotiated with the kernel and its counters (super-frames
+    /// received and sent, checksums trusted, verified and refused, system calls).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub link: Option<LinkReport>,
 }
 
 /// A real-link server's connections and memory (see [`crate::listeners`]).
@@ -124,6 +128,15 @@ pub struct ServerMemory {
     pub bound_bytes: u64,
     /// The process's peak resident memory (`VmHWM`), if the kernel reports it.
     pub peak_rss_bytes: Option<u64>,
+}
+
+/// A real link's offloads and counters at the end of a run.
+#[derive(Clone, Debug, Serialize)]
+pub struct LinkReport {
+    /// What the link negotiated at open.
+    pub offloads: netdma::link::Offloads,
+    /// Its counters.
+    pub stats: netdma::link::LinkStats,
 }
 
 /// Gbit/s for `bytes` in `secs`.
@@ -166,6 +179,7 @@ impl EchoReport {
             engine,
             after_disable,
             memory: None,
+            link: None,
         }
     }
 

@@ -1,7 +1,16 @@
 //! The echo server against the Linux kernel's TCP, in network namespaces
-//! (`scripts/netns-echo.sh`, over a veth pair with AF_PACKET and over a TAP).
+//! (`scripts/netns-echo.sh`, over a veth pair with AF_PACKET, over a TAP, and through a
+//! faulty wire).
 //!
-//! These need root and iproute2 (and ethtool for veth), so they are `#[ignore]`d: a plain
+//! The kernel peer keeps its default offloads (TSO, partial checksums): the tests check
+//! that the link received and sent super-frames larger than the MTU. One test turns the
+//! peer's offloads off (through the SIOCETHTOOL ioctl, no tool needed), so every frame
+//! arrives complete and without checksum flags, and checks that the link verified them.
+//! The faulty-wire test forwards frames through `link_tool faulty-wire` (seeded drops,
+//! duplicates, reordering, corruption) and checks that every byte still comes back and
+//! that the link refused and counted the corrupted frames.
+//!
+//! These need root and iproute2, so they are `#[ignore]`d: a plain
 //! `cargo test` reports them as ignored, never as passed. Run them with
 //!
 //! ```text
@@ -62,19 +71,43 @@ fn run_script(args: &[&str]) {
 #[test]
 #[ignore = "needs root and iproute2: cargo test --release --test netns -- --ignored"]
 fn echo_over_veth_with_linux_tcp_client() {
-    run_script(&["veth"]);
+    run_script(&["veth", "--expect-gso"]);
 }
 
 #[test]
 #[ignore = "needs root and iproute2: cargo test --release --test netns -- --ignored"]
 fn echo_over_veth_mtu_9000() {
-    run_script(&["veth", "--mtu", "9000"]);
+    run_script(&["veth", "--mtu", "9000", "--expect-gso"]);
 }
 
 #[test]
 #[ignore = "needs root and iproute2: cargo test --release --test netns -- --ignored"]
 fn echo_over_tap_with_linux_tcp_client() {
-    run_script(&["tap"]);
+    run_script(&["tap", "--expect-gso"]);
+}
+
+#[test]
+#[ignore = "needs root and iproute2: cargo test --release --test netns -- --ignored"]
+fn echo_over_tap_mtu_9000() {
+    run_script(&["tap", "--mtu", "9000", "--expect-gso"]);
+}
+
+/// The peer with its transmit offloads off: complete frames without checksum flags,
+/// every one verified by the link.
+#[test]
+#[ignore = "needs root and iproute2: cargo test --release --test netns -- --ignored"]
+fn echo_over_veth_peer_offloads_off() {
+    run_script(&["veth", "--peer-offloads", "off"]);
+}
+
+/// Drops, duplicates, reordering and corrupted bytes on the wire: the echo stays exact,
+/// and the corrupted frames are refused and counted by the link.
+#[test]
+#[ignore = "needs root and iproute2: cargo test --release --test netns -- --ignored"]
+fn echo_through_faulty_wire() {
+    for seed in ["7", "1234"] {
+        run_script(&["faulty", "--bytes", "2MiB", "--seed", seed]);
+    }
 }
 
 /// Runs scripts/netns-echo.sh with `args` like [`run_script`], and returns the client's

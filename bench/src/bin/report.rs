@@ -58,7 +58,20 @@ fn main() {
             Err(e) => eprintln!("no plot: {e}"),
         }
         let md_path = root.join("BENCHMARKS.md");
-        if let Err(e) = std::fs::write(&md_path, report.to_markdown("bench/throughput.svg")) {
+        let mut md = report.to_markdown("bench/throughput.svg");
+        // The "Real links" section is written by scripts/link-bench.sh (it needs root and
+        // network namespaces); keep it as that script last wrote it.
+        if let Ok(old) = std::fs::read_to_string(&md_path) {
+            let (begin, end) = ("<!-- real-links:begin -->", "<!-- real-links:end -->");
+            if let (Some(b), Some(e)) = (old.find(begin), old.find(end)) {
+                if b < e {
+                    md.push('\n');
+                    md.push_str(&old[b..e + end.len()]);
+                    md.push('\n');
+                }
+            }
+        }
+        if let Err(e) = std::fs::write(&md_path, md) {
             eprintln!("cannot write {}: {e}", md_path.display());
             std::process::exit(1);
         }

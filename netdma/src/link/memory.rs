@@ -265,6 +265,10 @@ impl Link for MemoryLink {
         }
         Ok(())
     }
+
+    fn stats(&self) -> LinkStats {
+        self.stats
+    }
 }
 
 /// Receive token of a [`MemoryLink`]: owns the frame until it is consumed.
