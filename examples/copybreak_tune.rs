@@ -22,12 +22,13 @@
 //! comments (a missing file is created). The echo server reads it with `--config FILE`.
 
 use clap::Parser;
-use netdma::config::{update_copybreak_in_toml, Copybreak, NetDmaConfig};
+use netdma::config::{Copybreak, NetDmaConfig};
 use netdma::pair::StackPair;
 use netdma::{thread_cpu_ns, NetDma};
 use netdma_bench::stats::median;
 use netdma_suite::setup::{build_netdma, DmaOptions};
 use netdma_suite::size::{human_bytes, parse_size, parse_usize_at_least};
+use netdma_suite::tune::update_copybreak;
 use serde::Serialize;
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -402,8 +403,7 @@ fn write_copybreak(path: &Path, copybreak: Copybreak) -> Result<(), String> {
         }
         Err(e) => return Err(format!("reading {}: {e}", path.display())),
     };
-    let new = update_copybreak_in_toml(&old, copybreak)
-        .map_err(|e| format!("{}: {e}", path.display()))?;
+    let new = update_copybreak(&old, copybreak).map_err(|e| format!("{}: {e}", path.display()))?;
     NetDmaConfig::from_toml_str(&new)
         .map_err(|e| format!("{}: the updated file would not load: {e}", path.display()))?;
     let tmp = path.with_extension("toml.tmp");

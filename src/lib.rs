@@ -10,6 +10,7 @@
 //! - [`pattern`]: seeded, position-addressable test data.
 //! - [`size`]: sizes on the command line and for people.
 //! - [`soak`]: the soak harness (verified streams under seeded chaos).
+//! - [`tune`]: the copybreak tuner's edit of a `netdma.toml`.
 
 pub use dmaengine;
 pub use netdma;
@@ -21,3 +22,4 @@ pub mod report;
 pub mod setup;
 pub mod size;
 pub mod soak;
+pub mod tune;
