@@ -20,32 +20,15 @@
 //! (`scripts/test.sh` does, when it runs as root.) Run that way without root, they fail
 //! with a message saying why, rather than pass without testing anything.
 
+mod common;
+
+use common::{has, is_root, target_dir};
 use std::path::PathBuf;
 use std::process::Command;
 
-fn is_root() -> bool {
-    Command::new("id")
-        .arg("-u")
-        .output()
-        .map(|o| String::from_utf8_lossy(&o.stdout).trim() == "0")
-        .unwrap_or(false)
-}
-
-fn has(tool: &str) -> bool {
-    Command::new("sh")
-        .args(["-c", &format!("command -v {tool}")])
-        .output()
-        .map(|o| o.status.success())
-        .unwrap_or(false)
-}
-
-/// The target directory this test binary was built in (`<target>/<profile>/deps/netns-*`).
-fn target_dir() -> Option<PathBuf> {
-    let exe = std::env::current_exe().ok()?;
-    Some(exe.parent()?.parent()?.parent()?.to_path_buf())
-}
-
-fn run_script(args: &[&str]) {
+/// `scripts/netns-echo.sh args`, built where this test was, by this test's cargo; refuses
+/// (fails the test) without root or iproute2.
+fn script(args: &[&str]) -> Command {
     if !is_root() || !has("ip") {
         panic!(
             "SKIPPED is not a pass: the network-namespace echo tests need root and iproute2 \
@@ -55,12 +38,15 @@ fn run_script(args: &[&str]) {
     let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("scripts/netns-echo.sh");
     let mut cmd = Command::new("bash");
     cmd.arg(&script).args(args);
-    if let Some(dir) = target_dir() {
-        cmd.env("CARGO_TARGET_DIR", dir);
-    }
+    cmd.env("CARGO_TARGET_DIR", target_dir());
     if let Ok(cargo) = std::env::var("CARGO") {
         cmd.env("CARGO", cargo);
     }
+    cmd
+}
+
+fn run_script(args: &[&str]) {
+    let mut cmd = script(args);
     let status = cmd.status().expect("running scripts/netns-echo.sh");
     assert!(
         status.success(),
@@ -114,21 +100,7 @@ fn echo_through_faulty_wire() {
 /// and the server's JSON reports (the script prints them as `client: {...}` and
 /// `server: {...}`).
 fn run_script_reports(args: &[&str]) -> (serde_json::Value, serde_json::Value) {
-    if !is_root() || !has("ip") {
-        panic!(
-            "SKIPPED is not a pass: the network-namespace echo tests need root and iproute2 \
-             (`ip`); run them as root, e.g. through scripts/test.sh"
-        );
-    }
-    let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("scripts/netns-echo.sh");
-    let mut cmd = Command::new("bash");
-    cmd.arg(&script).args(args);
-    if let Some(dir) = target_dir() {
-        cmd.env("CARGO_TARGET_DIR", dir);
-    }
-    if let Ok(cargo) = std::env::var("CARGO") {
-        cmd.env("CARGO", cargo);
-    }
+    let mut cmd = script(args);
     cmd.stderr(std::process::Stdio::inherit());
     let out = cmd.output().expect("running scripts/netns-echo.sh");
     let stdout = String::from_utf8_lossy(&out.stdout);

@@ -536,9 +536,21 @@ impl VnetPacketSocket {
             qdisc_bypass,
             "packet link: virtio-net headers, GSO, batches"
         );
-        Ok(VnetPacketSocket {
+        Ok(VnetPacketSocket::with_fd(fd, rcvbuf, qdisc_bypass))
+    }
+
+    /// The batched path over any datagram descriptor (tests: a Unix socketpair stands in
+    /// for the kernel).
+    #[cfg(test)]
+    fn over_fd(fd: OwnedFd) -> Self {
+        VnetPacketSocket::with_fd(fd, 0, false)
+    }
+
+    /// The socket's state around an open descriptor: empty batches, zero counters.
+    fn with_fd(fd: OwnedFd, rcvbuf_bytes: usize, qdisc_bypass: bool) -> Self {
+        VnetPacketSocket {
             fd,
-            rcvbuf_bytes: rcvbuf,
+            rcvbuf_bytes,
             rx: RxBatch {
                 bufs: (0..BATCH)
                     .map(|_| vec![0u8; RX_BUF].into_boxed_slice())
@@ -550,36 +562,6 @@ impl VnetPacketSocket {
             },
             tx: TxBatch {
                 bypass: qdisc_bypass,
-                bufs: (0..BATCH).map(|_| Vec::new()).collect(),
-                lens: [0; BATCH],
-                gso: [false; BATCH],
-                count: 0,
-            },
-            rx_errors: 0,
-            stats: LinkStats::default(),
-            flushes: 0,
-            guard: Default::default(),
-        })
-    }
-
-    /// The batched path over any datagram descriptor (tests: a Unix socketpair stands in
-    /// for the kernel).
-    #[cfg(test)]
-    fn over_fd(fd: OwnedFd) -> Self {
-        VnetPacketSocket {
-            fd,
-            rcvbuf_bytes: 0,
-            rx: RxBatch {
-                bufs: (0..BATCH)
-                    .map(|_| vec![0u8; RX_BUF].into_boxed_slice())
-                    .collect(),
-                lens: [0; BATCH],
-                next: 0,
-                count: 0,
-                batches: 0,
-            },
-            tx: TxBatch {
-                bypass: false,
                 bufs: (0..BATCH).map(|_| Vec::new()).collect(),
                 lens: [0; BATCH],
                 gso: [false; BATCH],
