@@ -647,19 +647,8 @@ impl VnetPacketSocket {
         // Nothing queued for sending may wait through the sleep.
         self.flush();
         self.read_kernel_drops();
-        let fd = self.fd.as_raw_fd();
-        let revents = poll_readable(fd, timeout)?;
-        if revents & libc::POLLERR != 0 {
-            // Reading SO_ERROR clears the pending error.
-            match get_int_opt(fd, libc::SOL_SOCKET, libc::SO_ERROR) {
-                Ok(0) => {}
-                Ok(errno) => {
-                    self.rx_errors += 1;
-                    let err = io::Error::from_raw_os_error(errno);
-                    tracing::debug!(%err, "packet link: socket error");
-                }
-                Err(e) => return Err(e),
-            }
+        if wait_readable(self.fd.as_raw_fd(), timeout)? {
+            self.rx_errors += 1;
         }
         Ok(())
     }
@@ -896,6 +885,24 @@ fn set_int_opt(
     }
 }
 
+/// Sleeps in poll(2) until `fd` is readable or `timeout` passes. A pending socket error
+/// (e.g. `ENETDOWN` when the interface goes down) is read, which clears it, and logged,
+/// so that it cannot make poll(2) return at once forever; returns whether there was one.
+fn wait_readable(fd: RawFd, timeout: Option<Duration>) -> io::Result<bool> {
+    let revents = poll_readable(fd, timeout)?;
+    if revents & libc::POLLERR == 0 {
+        return Ok(false);
+    }
+    match get_int_opt(fd, libc::SOL_SOCKET, libc::SO_ERROR)? {
+        0 => Ok(false),
+        errno => {
+            let err = io::Error::from_raw_os_error(errno);
+            tracing::debug!(%err, "packet link: socket error");
+            Ok(true)
+        }
+    }
+}
+
 fn get_int_opt(fd: RawFd, level: libc::c_int, name: libc::c_int) -> io::Result<libc::c_int> {
     let mut value: libc::c_int = 0;
     let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
@@ -1055,18 +1062,8 @@ impl Link for PacketLink {
             Path::Vnet(sock) => return sock.wait(timeout),
             Path::Plain(plain) => plain.fd,
         };
-        let revents = poll_readable(fd, timeout)?;
-        if revents & libc::POLLERR != 0 {
-            // Reading SO_ERROR clears the pending error.
-            match get_int_opt(fd, libc::SOL_SOCKET, libc::SO_ERROR) {
-                Ok(0) => {}
-                Ok(errno) => {
-                    self.rx_errors += 1;
-                    let err = io::Error::from_raw_os_error(errno);
-                    tracing::debug!(iface = %self.name, %err, "packet link: socket error");
-                }
-                Err(e) => return Err(e),
-            }
+        if wait_readable(fd, timeout)? {
+            self.rx_errors += 1;
         }
         Ok(())
     }
