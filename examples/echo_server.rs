@@ -80,6 +80,10 @@ struct Args {
     /// Number of DMA channels of the software DMA device (1..=64).
     #[arg(long, value_name = "N")]
     channels: Option<usize>,
+    /// Embedded run: the server reads through the pipelined receive (reads posted ahead,
+    /// copies in flight while it polls) instead of `NetDma::recv`.
+    #[arg(long, conflicts_with_all = ["tap", "iface"])]
+    pipelined: bool,
     /// Embedded run: connections echoed at once.
     #[arg(long, value_name = "N", default_value_t = 4,
           value_parser = clap::value_parser!(u32).range(1..=1024))]
@@ -270,6 +274,7 @@ fn run(args: &Args) -> Result<EchoReport, String> {
         stop_sending,
         // Long streams: receive buffers larger than transmit buffers (see the option).
         rx_buffer_factor: if streaming { 4 } else { 1 },
+        pipelined: args.pipelined,
         read_size: args.read_size,
         socket_buffer: args.socket_buffer,
         seed: args.seed,

@@ -17,7 +17,7 @@ fn options(read_size: usize) -> EmbeddedOptions {
 }
 
 fn run(dma: DmaOptions, opts: &EmbeddedOptions) -> EchoReport {
-    let netdma = build_netdma(&dma).expect("netdma from defaults");
+    let netdma = std::sync::Arc::new(build_netdma(&dma).expect("netdma from defaults"));
     let outcome = run_embedded(&netdma, opts, None).expect("embedded echo set-up");
     EchoReport::embedded(&netdma, opts, outcome)
 }
@@ -69,6 +69,37 @@ fn echo_with_copybreak_4096_goes_through_dma() {
         "channel counters {moved} vs {:?}",
         r.recv
     );
+}
+
+#[test]
+fn pipelined_echo_goes_through_dma_and_is_exact() {
+    let opts = EmbeddedOptions {
+        pipelined: true,
+        ..options(65536)
+    };
+    let r = run(
+        DmaOptions {
+            copybreak: Some(Copybreak::Bytes(4096)),
+            ..DmaOptions::default()
+        },
+        &opts,
+    );
+    assert_clean(&r, &opts);
+    assert!(r.recv.dma_bytes > 0, "{:?}", r.recv);
+    // The same with reads smaller than the chunk size, several per connection posted.
+    let opts = EmbeddedOptions {
+        pipelined: true,
+        mtu: 1500,
+        ..options(16 * 1024)
+    };
+    let r = run(
+        DmaOptions {
+            copybreak: Some(Copybreak::Bytes(4096)),
+            ..DmaOptions::default()
+        },
+        &opts,
+    );
+    assert_clean(&r, &opts);
 }
 
 #[test]
