@@ -52,7 +52,7 @@ where
     F: for<'scope> FnOnce(&'scope Scope<'scope, 'env>) -> T,
 {
     let scope = Scope {
-        inflight: RefCell::new(Vec::new()),
+        inflight: RefCell::new(spare_list()),
         timeout,
         _scope: PhantomData,
         _env: PhantomData,
@@ -69,15 +69,41 @@ struct DrainOnDrop<'a, 'scope, 'env>(&'a Scope<'scope, 'env>);
 
 impl Drop for DrainOnDrop<'_, '_, '_> {
     fn drop(&mut self) {
-        let inflight = std::mem::take(&mut *self.0.inflight.borrow_mut());
-        for (channel, cookie) in inflight {
+        let mut inflight = std::mem::take(&mut *self.0.inflight.borrow_mut());
+        for (channel, cookie) in inflight.drain(..) {
             // Most were waited on in the scope already: a status load, not a second wait.
             if channel.status(cookie).is_ok_and(|s| s.is_done()) {
                 continue;
             }
             channel.wait_or_terminate(cookie, self.0.timeout);
         }
+        keep_spare_list(inflight);
     }
+}
+
+thread_local! {
+    /// An empty list with room, kept for the next scope on this thread: a scope on a warm
+    /// thread allocates nothing.
+    static SPARE_LIST: RefCell<Vec<(Channel, Cookie)>> = const { RefCell::new(Vec::new()) };
+}
+
+/// The thread's spare list (empty), or a new one.
+fn spare_list() -> Vec<(Channel, Cookie)> {
+    SPARE_LIST
+        .try_with(|spare| std::mem::take(&mut *spare.borrow_mut()))
+        .unwrap_or_default()
+}
+
+/// Keeps `list` (emptied) for the next scope on this thread, if it has more room than the
+/// spare already kept.
+fn keep_spare_list(mut list: Vec<(Channel, Cookie)>) {
+    list.clear();
+    let _ = SPARE_LIST.try_with(|spare| {
+        let mut spare = spare.borrow_mut();
+        if list.capacity() > spare.capacity() {
+            *spare = list;
+        }
+    });
 }
 
 /// Transfers over borrowed buffers; see [`scope`].

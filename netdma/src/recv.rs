@@ -167,6 +167,12 @@ pub(crate) fn failure(channel: &Channel, cookie: dmaengine::Cookie) -> Fallback 
     }
 }
 
+thread_local! {
+    /// `copy_region`'s list of copies in flight, kept between reads on this thread.
+    static WINDOW: std::cell::RefCell<VecDeque<(usize, usize, dmaengine::Cookie)>> =
+        const { std::cell::RefCell::new(VecDeque::new()) };
+}
+
 /// Copies `src` into `dst` (equal lengths): the head by DMA in `chunk_size` descriptors
 /// with at most `max_inflight` in flight, the tail share `cpu_fraction` by the CPU at the
 /// same time; then the CPU redoes every descriptor that failed. Returns whether all DMA
@@ -187,19 +193,23 @@ fn copy_region(
         let (dma_src, cpu_src) = src.split_at(dma_len);
         dmaengine::scope_with_timeout(p.timeout, move |s| {
             let mut failed: Vec<(usize, usize, Fallback)> = Vec::new();
-            let mut window = VecDeque::with_capacity(p.max_inflight.min(64));
+            // The copies in flight, oldest first, in this thread's reused list: a warm read
+            // allocates nothing. (The scope keeps the copies' buffers borrowed until every
+            // one is done, whatever happens to this list.)
+            let mut window = WINDOW.with(|w| std::mem::take(&mut *w.borrow_mut()));
             let mut timed_out = false;
             let mut retire =
-                |off: usize, n: usize, t: dmaengine::Transfer<'_>, failed: &mut Vec<_>| {
+                |off: usize, n: usize, cookie: dmaengine::Cookie, failed: &mut Vec<_>| {
                     // Once one copy of this read timed out, the rest are not waited for
                     // again: each still in flight is cancelled at once.
-                    let result = if timed_out && !t.status().is_done() {
+                    let done = channel.status(cookie).is_ok_and(|s| s.is_done());
+                    let result = if timed_out && !done {
                         Err(WaitError::Timeout {
-                            cookie: t.cookie(),
+                            cookie,
                             timeout: p.timeout,
                         })
                     } else {
-                        t.wait()
+                        channel.wait(cookie, p.timeout)
                     };
                     counters.in_flight_sub(n);
                     match result {
@@ -213,14 +223,14 @@ fn copy_region(
                             // Cancel this copy alone: other reads' copies on the channel
                             // go on. Not confirmed in time (`Pending`), the scope still
                             // waits for it before the CPU redoes the bytes.
-                            cancel_copy(channel, t.cookie(), p.timeout);
+                            cancel_copy(channel, cookie, p.timeout);
                             timed_out = true;
                             failed.push((off, n, Fallback::Timeout));
                         }
                         // Failed after this read's own cancellation (a device that aborts
                         // the whole channel): part of the timeout.
                         Err(_) if timed_out => failed.push((off, n, Fallback::Timeout)),
-                        Err(_) => failed.push((off, n, failure(channel, t.cookie()))),
+                        Err(_) => failed.push((off, n, failure(channel, cookie))),
                     }
                 };
             let mut off = 0;
@@ -236,7 +246,7 @@ fn copy_region(
                 match s.memcpy(channel, d, sr) {
                     Ok(t) => {
                         counters.in_flight_add(n);
-                        window.push_back((off, n, t));
+                        window.push_back((off, n, t.cookie()));
                     }
                     Err(SubmitError::RingFull { .. }) => failed.push((off, n, Fallback::RingFull)),
                     Err(_) => failed.push((off, n, Fallback::ChannelError)),
@@ -249,6 +259,7 @@ fn copy_region(
             while let Some((o, l, t)) = window.pop_front() {
                 retire(o, l, t, &mut failed);
             }
+            WINDOW.with(|w| *w.borrow_mut() = window);
             failed
         })
     };

@@ -470,7 +470,10 @@ unsafe impl Provider for SoftwareDevice {
         if submit.running.is_some() {
             return Ok(());
         }
-        let (batches, batch_rx) = crossbeam_channel::unbounded();
+        // Bounded by the ring: every batch holds at least one of at most `ring_size`
+        // descriptors in flight, so a send never waits, and the channel's slots are
+        // allocated once here instead of a block every few doorbells.
+        let (batches, batch_rx) = crossbeam_channel::bounded(c.ring_size);
         let (recycle_tx, recycled) = crossbeam_channel::bounded(64);
         let pin = self
             .pin_cpus
