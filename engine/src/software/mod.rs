@@ -470,10 +470,11 @@ unsafe impl Provider for SoftwareDevice {
         if submit.running.is_some() {
             return Ok(());
         }
-        // Bounded by the ring: every batch holds at least one of at most `ring_size`
-        // descriptors in flight, so a send never waits, and the channel's slots are
-        // allocated once here instead of a block every few doorbells.
-        let (batches, batch_rx) = crossbeam_channel::bounded(c.ring_size);
+        // Unbounded (a list of blocks, one allocated per 31 doorbells): measured against
+        // a channel bounded by the ring, which allocates nothing after this, it completes
+        // a copy 70-100 ns sooner (the report's completion latency), which outweighs one
+        // allocation per 31 batches.
+        let (batches, batch_rx) = crossbeam_channel::unbounded();
         let (recycle_tx, recycled) = crossbeam_channel::bounded(64);
         let pin = self
             .pin_cpus
