@@ -1,3 +1,4 @@
+use super::channel::{Failures, FAILURES_KEPT};
 use super::discover::{self, op_cap_has};
 use super::hw::{decode, flags, opcode, status};
 use super::*;
