@@ -22,6 +22,14 @@ fn run(dma: DmaOptions, opts: &EmbeddedOptions) -> EchoReport {
     EchoReport::embedded(&netdma, opts, outcome)
 }
 
+/// Offload with Linux's fixed copybreak (4096), so large reads go to DMA.
+fn linux_copybreak() -> DmaOptions {
+    DmaOptions {
+        copybreak: Some(Copybreak::Bytes(4096)),
+        ..DmaOptions::default()
+    }
+}
+
 fn assert_clean(r: &EchoReport, opts: &EmbeddedOptions) {
     let total = opts.bytes_per_connection * opts.connections as u64;
     assert!(r.integrity_ok, "integrity: {:?}", r.errors);
@@ -47,13 +55,7 @@ fn assert_clean(r: &EchoReport, opts: &EmbeddedOptions) {
 #[test]
 fn echo_with_copybreak_4096_goes_through_dma() {
     let opts = options(65536);
-    let r = run(
-        DmaOptions {
-            copybreak: Some(Copybreak::Bytes(4096)),
-            ..DmaOptions::default()
-        },
-        &opts,
-    );
+    let r = run(linux_copybreak(), &opts);
     assert_clean(&r, &opts);
     assert!(r.recv.dma_bytes > 0, "{:?}", r.recv);
     assert!(r.after_disable.was_enabled);
@@ -77,13 +79,7 @@ fn pipelined_echo_goes_through_dma_and_is_exact() {
         pipelined: true,
         ..options(65536)
     };
-    let r = run(
-        DmaOptions {
-            copybreak: Some(Copybreak::Bytes(4096)),
-            ..DmaOptions::default()
-        },
-        &opts,
-    );
+    let r = run(linux_copybreak(), &opts);
     assert_clean(&r, &opts);
     assert!(r.recv.dma_bytes > 0, "{:?}", r.recv);
     // The same with reads smaller than the chunk size, several per connection posted.
@@ -92,13 +88,7 @@ fn pipelined_echo_goes_through_dma_and_is_exact() {
         mtu: 1500,
         ..options(16 * 1024)
     };
-    let r = run(
-        DmaOptions {
-            copybreak: Some(Copybreak::Bytes(4096)),
-            ..DmaOptions::default()
-        },
-        &opts,
-    );
+    let r = run(linux_copybreak(), &opts);
     assert_clean(&r, &opts);
 }
 
@@ -126,9 +116,8 @@ fn echo_with_reads_below_copybreak_stays_on_cpu() {
     };
     let r = run(
         DmaOptions {
-            copybreak: Some(Copybreak::Bytes(4096)),
             channels: Some(1),
-            ..DmaOptions::default()
+            ..linux_copybreak()
         },
         &opts,
     );
@@ -217,9 +206,8 @@ fn every_accepted_mtu_completes_a_4_x_1mib_echo_with_and_without_dma() {
             };
             let r = run(
                 DmaOptions {
-                    copybreak: Some(Copybreak::Bytes(4096)),
                     no_dma,
-                    ..DmaOptions::default()
+                    ..linux_copybreak()
                 },
                 &opts,
             );
