@@ -1,5 +1,7 @@
 //! The key table: every key's names in TOML, sysctl and the environment, its kind and
-//! range, whether it changes at run time, and how it reads and writes the configuration.
+//! range, whether it changes at run time, and how the environment and sysctl read and
+//! write it. The file is read by the serde derive; the table names the keys of its
+//! errors and checks its ranges.
 
 use std::fmt;
 
@@ -29,10 +31,15 @@ pub(super) enum Kind {
     Wq,
 }
 
-/// Where a textual value came from: decides the boolean syntax.
+/// Where a value came from: decides the boolean syntax of text and what an error says
+/// is accepted.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(super) enum Source {
+    /// The TOML file, read through serde: values are typed TOML values.
+    File,
+    /// A `NETDMA_*` variable.
     Env,
+    /// A sysctl name given to `set`.
     Sysctl,
 }
 
@@ -75,9 +82,12 @@ impl Kind {
         }
     }
 
-    /// What the text form accepts, as shown in [`ConfigError::InvalidValue`].
-    pub(super) fn expected_text(self, source: Source) -> String {
+    /// What `source` accepts, as shown in [`ConfigError::InvalidValue`].
+    pub(super) fn expected(self, source: Source) -> String {
         match (self, source) {
+            (Kind::Bool, Source::File) => "a boolean (true or false)".to_owned(),
+            (Kind::Provider, Source::File) => format!("a string, {}", ProviderKind::expected()),
+            (Kind::Wq, Source::File) => format!("a string, {WQ_EXPECTED}"),
             (Kind::Bool, Source::Sysctl) => "0 or 1".to_owned(),
             (Kind::Bool, Source::Env) => {
                 "a boolean: one of 0, 1, true, false, yes, no, on, off".to_owned()
@@ -90,16 +100,6 @@ impl Kind {
             (Kind::Copybreak, _) => Copybreak::expected(),
             (Kind::Provider, _) => ProviderKind::expected(),
             (Kind::Wq, _) => WQ_EXPECTED.to_owned(),
-        }
-    }
-
-    /// What the TOML form accepts.
-    pub(super) fn expected_toml(self) -> String {
-        match self {
-            Kind::Bool => "a boolean (true or false)".to_owned(),
-            Kind::Provider => format!("a string, {}", ProviderKind::expected()),
-            Kind::Wq => format!("a string, {WQ_EXPECTED}"),
-            other => other.expected_text(Source::Sysctl),
         }
     }
 
@@ -119,7 +119,8 @@ impl Kind {
         }
     }
 
-    /// Parses the text form (environment or sysctl). `Err(())` means malformed.
+    /// Parses the text form (environment or sysctl; surrounding whitespace is ignored).
+    /// `Err(())` means malformed.
     pub(super) fn parse_text(self, s: &str, source: Source) -> Result<Val, ()> {
         let t = s.trim();
         match self {
@@ -150,34 +151,15 @@ impl Kind {
             Kind::Wq => Err(()),
         }
     }
-
-    /// Converts a TOML value. `Err(())` means wrong type or malformed.
-    pub(super) fn parse_toml(self, v: &toml::Value) -> Result<Val, ()> {
-        use toml::Value as V;
-        match (self, v) {
-            (Kind::Bool, V::Boolean(b)) => Ok(Val::Bool(*b)),
-            (Kind::Uint { .. } | Kind::PowerOfTwo { .. }, V::Integer(i)) => {
-                u64::try_from(*i).map(Val::Uint).map_err(|_| ())
-            }
-            (Kind::Float { .. }, V::Float(x)) if x.is_finite() => Ok(Val::Float(*x)),
-            (Kind::Float { .. }, V::Integer(i)) => Ok(Val::Float(*i as f64)),
-            (Kind::Copybreak, V::Integer(i)) => usize::try_from(*i)
-                .map(|n| Val::Copybreak(Copybreak::Bytes(n)))
-                .map_err(|_| ()),
-            (Kind::Copybreak, V::String(s)) => s.parse().map(Val::Copybreak).map_err(|_| ()),
-            (Kind::Provider, V::String(s)) => s.parse().map(Val::Provider).map_err(|_| ()),
-            (Kind::Wq, V::String(s)) if wq_ok(s.trim()) => Ok(Val::Text(s.trim().to_owned())),
-            _ => Err(()),
-        }
-    }
 }
 
 pub(super) const WQ_EXPECTED: &str =
     "\"any\", a work queue name (wq0.0) or its path (/dev/dsa/wq0.0)";
 
-/// Whether `t` can name a work queue: non-empty, without control characters.
+/// Whether `t` can name a work queue: non-empty, without control characters or
+/// surrounding whitespace.
 pub(super) fn wq_ok(t: &str) -> bool {
-    !t.is_empty() && !t.chars().any(char::is_control)
+    !t.is_empty() && t.trim() == t && !t.chars().any(char::is_control)
 }
 
 /// One configuration key and its names in every source.
@@ -217,11 +199,20 @@ impl KeyInfo {
         (self.get)(cfg).to_string()
     }
 
+    /// The error for a well-formed value that `validate` or `set` refuses: out of its
+    /// range, or for a work queue (which has no range), not a usable name.
     pub(super) fn out_of_range(&self, key: &str, value: impl Into<String>) -> ConfigError {
-        ConfigError::OutOfRange {
-            key: key.to_owned(),
-            value: value.into(),
-            range: self.kind.range(),
+        match self.kind {
+            Kind::Wq => ConfigError::InvalidValue {
+                key: key.to_owned(),
+                value: value.into(),
+                expected: WQ_EXPECTED.to_owned(),
+            },
+            kind => ConfigError::OutOfRange {
+                key: key.to_owned(),
+                value: value.into(),
+                range: kind.range(),
+            },
         }
     }
 
@@ -239,7 +230,7 @@ impl KeyInfo {
             .map_err(|()| ConfigError::InvalidValue {
                 key: key.to_owned(),
                 value: text.to_owned(),
-                expected: self.kind.expected_text(source),
+                expected: self.kind.expected(source),
             })?;
         if !self.kind.in_range(&v) {
             return Err(self.out_of_range(key, text.trim()));
@@ -414,7 +405,7 @@ pub(super) fn key_by_env(name: &str) -> Option<&'static KeyInfo> {
     KEYS.iter().find(|k| k.env == name)
 }
 
-/// Whether `path` is a TOML table of the configuration (`wait`, `engine`).
+/// Whether `path` is a table of the configuration file (`wait`, `engine`, `engine.dsa`).
 pub(super) fn is_section(path: &str) -> bool {
     KEYS.iter().any(|k| {
         k.toml

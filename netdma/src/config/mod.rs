@@ -12,11 +12,13 @@
 //! rejected with an error that names the key (as spelled in that source) and the accepted
 //! range, and the configuration is left as it was.
 //!
-//! One table ([`NetDmaConfig::keys`]) drives the TOML loader, the environment, `get`/`set`
-//! and validation: each key's TOML, sysctl and environment names, default, range and
-//! whether it can change at run time live there and nowhere else in the code. The README's
-//! configuration reference and `netdma.example.toml` list the same keys, and tests check
-//! both against the table.
+//! The file is read by serde: [`NetDmaConfig`] and its sections derive `Deserialize`
+//! (a key they do not have is refused), then [`NetDmaConfig::validate`] checks every range.
+//! One table ([`NetDmaConfig::keys`]) holds each key's TOML, sysctl and environment names,
+//! range and whether it can change at run time, and nothing else in the code repeats
+//! them: it drives the environment, `get`/`set` and `validate`, and names the key of a
+//! file's error. The README's configuration reference and `netdma.example.toml` list the
+//! same keys, and tests check both against the table.
 //!
 //! `engine.provider = "dsa"` drives an Intel DSA work queue (`engine.dsa.wq`) and fails
 //! to start when none is usable, saying why; `"auto"` uses DSA when a usable WQ is found
@@ -26,7 +28,9 @@
 //!
 //! Value syntax per source:
 //! - TOML: booleans are `true`/`false`; integers must not be negative; `cpu_fraction`
-//!   accepts an integer or a float; `tcp_dma_copybreak` is an integer or the string `"auto"`.
+//!   accepts an integer or a float; `tcp_dma_copybreak` is an integer or the string `"auto"`;
+//!   `engine.provider` is `"software"`, `"dsa"` or `"auto"` (strings exactly so, in lower
+//!   case); `[wait]`, `[engine]` and `[engine.dsa]` are tables.
 //! - Environment: booleans are `0`, `1`, `true`, `false`, `yes`, `no`, `on` or `off`
 //!   (case-insensitive). Any other variable starting with `NETDMA_` is an error.
 //! - sysctl: booleans are `0` or `1`, as in `/proc/sys`. Names may also be written with `/`
@@ -43,6 +47,7 @@
 //! # Ok::<(), netdma::config::ConfigError>(())
 //! ```
 
+mod file;
 mod keys;
 #[cfg(test)]
 mod tests;
@@ -51,7 +56,7 @@ mod value;
 pub use keys::KeyInfo;
 pub use value::{Copybreak, ProviderKind};
 
-use self::keys::{is_section, key_by_env, key_by_sysctl, key_by_toml, Source, ENV_PREFIX, KEYS};
+use self::keys::{key_by_env, key_by_sysctl, Source, ENV_PREFIX, KEYS};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -324,21 +329,11 @@ impl NetDmaConfig {
     ///
     /// Syntax errors give [`ConfigError::Parse`] (with line and column); a key that does
     /// not exist gives [`ConfigError::UnknownKey`] with its dotted name; a value of the
-    /// wrong type or form gives [`ConfigError::InvalidValue`]; a value outside its range
-    /// gives [`ConfigError::OutOfRange`].
+    /// wrong type or form (a negative integer, a string other than `"auto"` for the
+    /// copybreak, a value where a table belongs) gives [`ConfigError::InvalidValue`] with
+    /// the value as written; a value outside its range gives [`ConfigError::OutOfRange`].
     pub fn from_toml_str(text: &str) -> Result<Self, ConfigError> {
-        Self::from_toml_impl(text, None)
-    }
-
-    fn from_toml_impl(text: &str, path: Option<&Path>) -> Result<Self, ConfigError> {
-        let table: toml::Table = toml::from_str(text).map_err(|e| ConfigError::Parse {
-            path: path.map(Path::to_path_buf),
-            message: e.to_string().trim_end().to_owned(),
-        })?;
-        let mut cfg = NetDmaConfig::default();
-        apply_toml_table(&mut cfg, &table, "")?;
-        cfg.validate()?;
-        Ok(cfg)
+        file::from_toml(text, None)
     }
 
     /// Reads and parses a TOML file (see [`NetDmaConfig::from_toml_str`]).
@@ -348,7 +343,7 @@ impl NetDmaConfig {
             path: path.to_path_buf(),
             source,
         })?;
-        Self::from_toml_impl(&text, Some(path))
+        file::from_toml(&text, Some(path))
     }
 
     /// Defaults, then the file at `path` if given, then the `NETDMA_*` variables of the
@@ -441,45 +436,4 @@ impl NetDmaConfig {
     pub fn idle_release(&self) -> Option<Duration> {
         (self.idle_release_ms != 0).then(|| Duration::from_millis(self.idle_release_ms))
     }
-}
-
-fn apply_toml_table(
-    cfg: &mut NetDmaConfig,
-    table: &toml::Table,
-    prefix: &str,
-) -> Result<(), ConfigError> {
-    for (k, v) in table {
-        let path = if prefix.is_empty() {
-            k.clone()
-        } else {
-            format!("{prefix}.{k}")
-        };
-        if is_section(&path) {
-            match v {
-                toml::Value::Table(t) => apply_toml_table(cfg, t, &path)?,
-                other => {
-                    return Err(ConfigError::InvalidValue {
-                        expected: format!("a table ([{path}])"),
-                        key: path,
-                        value: other.to_string(),
-                    })
-                }
-            }
-            continue;
-        }
-        let info = key_by_toml(&path).ok_or_else(|| ConfigError::UnknownKey(path.clone()))?;
-        let val = info
-            .kind
-            .parse_toml(v)
-            .map_err(|()| ConfigError::InvalidValue {
-                key: path.clone(),
-                value: v.to_string(),
-                expected: info.kind.expected_toml(),
-            })?;
-        if !info.kind.in_range(&val) {
-            return Err(info.out_of_range(&path, v.to_string()));
-        }
-        (info.put)(cfg, val);
-    }
-    Ok(())
 }

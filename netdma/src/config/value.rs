@@ -89,6 +89,8 @@ impl Serialize for Copybreak {
     }
 }
 
+/// A TOML file writes the copybreak as a non-negative integer or the string `"auto"`, and
+/// nothing else: no other string, no float, no negative number.
 impl<'de> Deserialize<'de> for Copybreak {
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
         struct Visitor;
@@ -112,8 +114,11 @@ impl<'de> Deserialize<'de> for Copybreak {
             }
 
             fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<Copybreak, E> {
-                v.parse()
-                    .map_err(|_| E::invalid_value(serde::de::Unexpected::Str(v), &self))
+                if v == "auto" {
+                    Ok(Copybreak::Auto)
+                } else {
+                    Err(E::invalid_value(serde::de::Unexpected::Str(v), &self))
+                }
             }
         }
         deserializer.deserialize_any(Visitor)
@@ -121,7 +126,7 @@ impl<'de> Deserialize<'de> for Copybreak {
 }
 
 /// Which DMA provider the engine registers.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum ProviderKind {
     /// The software DMA device: descriptor rings drained by worker threads (`"software"`).
@@ -179,5 +184,29 @@ impl FromStr for ProviderKind {
                 value: s.to_owned(),
                 expected: Self::expected(),
             })
+    }
+}
+
+/// A TOML file names the provider by one of its lower-case names (`"software"`, `"dsa"`,
+/// `"auto"`), and nothing else.
+impl<'de> Deserialize<'de> for ProviderKind {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct Visitor;
+        impl serde::de::Visitor<'_> for Visitor {
+            type Value = ProviderKind;
+
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str(&ProviderKind::expected())
+            }
+
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<ProviderKind, E> {
+                ProviderKind::ALL
+                    .iter()
+                    .copied()
+                    .find(|p| p.as_str() == v)
+                    .ok_or_else(|| E::invalid_value(serde::de::Unexpected::Str(v), &self))
+            }
+        }
+        deserializer.deserialize_str(Visitor)
     }
 }
