@@ -187,7 +187,7 @@ fn remove_the_dma_device_under_a_running_echo_service() {
     assert_eq!(devs[0]["id"], "dev0");
     assert_eq!(devs[0]["channels"], 2);
     assert_eq!(devs[0]["clients"], 1);
-    assert_eq!(devs[0]["in_use"], 2);
+    assert_eq!(devs[0]["references"], 2);
     assert_eq!(devs[0]["netdma_holds"], true);
     let table = svc.ctl(&["dev", "list"]);
     assert_eq!(table.code, 0);

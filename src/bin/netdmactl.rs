@@ -310,7 +310,7 @@ fn dev_table(devs: &[DeviceInfo]) -> String {
     let _ = writeln!(
         o,
         "{:<6} {:<12} {:>8} {:>6} {:>7} {:>7}  HELD BY",
-        "DEVICE", "NAME", "CHANNELS", "IN_USE", "CLIENTS", "PRIVATE"
+        "DEVICE", "NAME", "CHANNELS", "REFS", "CLIENTS", "PRIVATE"
     );
     for d in devs {
         let _ = writeln!(
@@ -319,7 +319,7 @@ fn dev_table(devs: &[DeviceInfo]) -> String {
             d.id,
             d.name,
             d.channels,
-            d.in_use,
+            d.references,
             d.clients,
             d.private_channels,
             if d.netdma_holds {

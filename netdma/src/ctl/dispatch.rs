@@ -127,7 +127,7 @@ fn device_info(d: &DeviceSnapshot, netdma_holds: bool) -> DeviceInfo {
         id: d.id.to_string(),
         name: d.name.clone(),
         channels: d.channels.len(),
-        in_use: d.references,
+        references: d.references,
         clients: d.clients,
         private_channels: d.private_channels,
         netdma_holds: netdma_holds && d.clients > 0,

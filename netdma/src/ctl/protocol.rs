@@ -187,8 +187,9 @@ pub struct DeviceInfo {
     /// Number of channels.
     pub channels: usize,
     /// The module pin: one reference per channel per user (as `lsmod`'s use count); the
-    /// device can be unregistered only at 0.
-    pub in_use: usize,
+    /// device can be unregistered only at 0. (A channel's users are its own
+    /// [`ChannelInfo::in_use`].)
+    pub references: usize,
     /// Public clients pinning it.
     pub clients: usize,
     /// Channels of it held privately.
