@@ -91,7 +91,8 @@ pub enum ConfigError {
         /// The underlying I/O error.
         source: std::io::Error,
     },
-    /// The text is not valid TOML (the message carries line and column).
+    /// The text is not valid TOML (a syntax error, a key defined twice), or `toml` refused
+    /// it for a reason tied to no key. The message carries line and column.
     #[error("invalid TOML{}: {message}", fmt_opt_path(.path))]
     Parse {
         /// The file the text came from, if any.
