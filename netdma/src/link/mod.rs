@@ -124,6 +124,10 @@ pub struct LinkStats {
     /// had already sent on their connection, given the newer ACK and window before
     /// smoltcp saw them (smoltcp would drop such a segment, data included).
     pub rx_acks_reordered: u64,
+    /// Received segments (data, FIN or window probes) that brought a new ACK while
+    /// smoltcp's receive window was closed, given to smoltcp as the pure ACK it accepts
+    /// then (smoltcp would drop them, ACK included, and the connection could stall).
+    pub rx_zero_window_acks: u64,
     /// Received data segments of one connection that arrived swapped with the one
     /// before them within a receive batch, and were put back in order.
     pub rx_reordered: u64,
@@ -250,9 +254,10 @@ pub(crate) fn accept_vnet_frame(
         stats.rx_gso_frames += 1;
     }
     stats.count_rx(frame.len());
-    let before = guard.rewritten;
+    let (rewritten, zero_window) = (guard.rewritten, guard.zero_window_acks);
     guard.check(&mut buf[vnet::VNET_HDR_LEN..]);
-    stats.rx_acks_reordered += guard.rewritten - before;
+    stats.rx_acks_reordered += guard.rewritten - rewritten;
+    stats.rx_zero_window_acks += guard.zero_window_acks - zero_window;
     true
 }
 

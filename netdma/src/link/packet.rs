@@ -988,6 +988,7 @@ impl Device for PacketLink {
                     batch: &mut sock.tx,
                     fd,
                     stats: &mut sock.stats,
+                    guard: &mut sock.guard,
                     gso: None,
                 });
                 Some((rx, tx))
@@ -1032,6 +1033,7 @@ impl Device for PacketLink {
                     batch: &mut sock.tx,
                     fd,
                     stats: &mut sock.stats,
+                    guard: &mut sock.guard,
                     gso: None,
                 }))
             }
@@ -1100,6 +1102,7 @@ pub struct VnetTx<'a> {
     batch: &'a mut TxBatch,
     fd: RawFd,
     stats: &'a mut LinkStats,
+    guard: &'a mut super::ackguard::AckGuard,
     gso: Option<u16>,
 }
 
@@ -1121,6 +1124,7 @@ impl phy::TxToken for TxToken<'_> {
                 let slot = t.batch.slot(VNET_HDR_LEN + len);
                 let (head, frame) = slot.split_at_mut(VNET_HDR_LEN);
                 let result = f(frame);
+                t.guard.sent(frame);
                 let hdr = vnet::prepare_tx(frame, t.gso);
                 // `head` is exactly VNET_HDR_LEN bytes long.
                 let _ = hdr.write(head);

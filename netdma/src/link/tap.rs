@@ -271,6 +271,7 @@ impl Device for TapLink {
             gso: None,
             buf: &mut self.tx_buf,
             stats: &mut self.stats,
+            guard: &mut self.guard,
         };
         Some((rx, tx))
     }
@@ -282,6 +283,7 @@ impl Device for TapLink {
             gso: None,
             buf: &mut self.tx_buf,
             stats: &mut self.stats,
+            guard: &mut self.guard,
         })
     }
 
@@ -327,6 +329,7 @@ pub struct TxToken<'a> {
     gso: Option<u16>,
     buf: &'a mut Vec<u8>,
     stats: &'a mut LinkStats,
+    guard: &'a mut super::ackguard::AckGuard,
 }
 
 impl phy::TxToken for TxToken<'_> {
@@ -343,6 +346,7 @@ impl phy::TxToken for TxToken<'_> {
         let result = f(frame);
         let mut gso = false;
         if self.vnet {
+            self.guard.sent(frame);
             let hdr = vnet::prepare_tx(frame, self.gso);
             gso = hdr.is_gso();
             // `h` is exactly VNET_HDR_LEN bytes long.

@@ -365,9 +365,6 @@ pub fn segment(hdr: &VnetHeader, frame: &[u8], out: &mut Vec<Vec<u8>>) -> Result
         let total = (ip.ihl + doff + chunk.len()) as u16;
         f[ETH_HDR + 2..ETH_HDR + 4].copy_from_slice(&total.to_be_bytes());
         f[ETH_HDR + 4..ETH_HDR + 6].copy_from_slice(&id0.wrapping_add(i as u16).to_be_bytes());
-        f[ETH_HDR + 10..ETH_HDR + 12].copy_from_slice(&[0, 0]);
-        let ipsum = !checksum_sum(&f[ETH_HDR..l4]);
-        f[ETH_HDR + 10..ETH_HDR + 12].copy_from_slice(&ipsum.to_be_bytes());
         let seq = seq0.wrapping_add((i * mss) as u32);
         f[l4 + 4..l4 + 8].copy_from_slice(&seq.to_be_bytes());
         let mut flags = tcp_flags;
@@ -378,17 +375,25 @@ pub fn segment(hdr: &VnetHeader, frame: &[u8], out: &mut Vec<Vec<u8>>) -> Result
             flags &= !0x80; // CWR: first segment only
         }
         f[l4 + 13] = flags;
-        f[l4 + 16..l4 + 18].copy_from_slice(&[0, 0]);
-        let tcp_len = f.len() - l4;
-        let sum = {
-            let iph = &f[ETH_HDR..l4];
-            pseudo_sum_v4(&iph[12..16], &iph[16..20], tcp_len)
-        } + sum_bytes(&f[l4..]);
-        let tcpsum = !fold(sum);
-        f[l4 + 16..l4 + 18].copy_from_slice(&tcpsum.to_be_bytes());
+        seal_tcp4(&mut f, l4);
         out.push(f);
     }
     Ok(())
+}
+
+/// Computes the IPv4 header checksum and the full TCP checksum of a TCP/IPv4 frame
+/// whose TCP header starts at `l4` and whose IP total length is final (within the frame).
+pub(crate) fn seal_tcp4(f: &mut [u8], l4: usize) {
+    let end = ETH_HDR + usize::from(u16::from_be_bytes([f[ETH_HDR + 2], f[ETH_HDR + 3]]));
+    f[ETH_HDR + 10..ETH_HDR + 12].copy_from_slice(&[0, 0]);
+    let ipsum = !checksum_sum(&f[ETH_HDR..l4]);
+    f[ETH_HDR + 10..ETH_HDR + 12].copy_from_slice(&ipsum.to_be_bytes());
+    f[l4 + 16..l4 + 18].copy_from_slice(&[0, 0]);
+    let sum = {
+        let iph = &f[ETH_HDR..l4];
+        pseudo_sum_v4(&iph[12..16], &iph[16..20], end - l4)
+    } + sum_bytes(&f[l4..end]);
+    f[l4 + 16..l4 + 18].copy_from_slice(&(!fold(sum)).to_be_bytes());
 }
 
 #[cfg(test)]
