@@ -50,7 +50,7 @@ use netdma::link::{Link, PacketLink, PacketOptions, TapLink, TapOptions};
 use netdma::stack::{Stack, StackConfig};
 use netdma::NetDma;
 use netdma_suite::echo::{run_embedded, EmbeddedOptions};
-use netdma_suite::listeners::{peak_rss_bytes, ListenerPool};
+use netdma_suite::listeners::{peak_rss_bytes, ListenerPool, REAL_LINK_SOCKET_BUFFER};
 use netdma_suite::report::{disable_and_unregister, gbps, EchoReport, LinkReport, ServerMemory};
 use netdma_suite::setup::{build_netdma, DmaOptions};
 use netdma_suite::size::{parse_copybreak, parse_size, parse_usize_at_least};
@@ -99,9 +99,11 @@ struct Args {
     #[arg(long, value_name = "N", default_value_t = 65535,
           value_parser = clap::value_parser!(u32).range(68..=65535))]
     mtu: u32,
-    /// Receive and transmit buffer of every TCP socket (accepts KiB, MiB).
-    #[arg(long, value_name = "N", default_value = "1MiB", value_parser = socket_buffer)]
-    socket_buffer: usize,
+    /// Receive and transmit buffer of every TCP socket (accepts KiB, MiB). Default:
+    /// 256KiB on a real link (small enough for the copies to stay in cache), 1MiB in the
+    /// embedded run.
+    #[arg(long, value_name = "N", value_parser = socket_buffer)]
+    socket_buffer: Option<usize>,
     /// Embedded run: seed of the random data.
     #[arg(long, default_value_t = 0x6e65_7464_6d61)]
     seed: u64,
@@ -276,7 +278,9 @@ fn run(args: &Args) -> Result<EchoReport, String> {
         rx_buffer_factor: if streaming { 4 } else { 1 },
         pipelined: args.pipelined,
         read_size: args.read_size,
-        socket_buffer: args.socket_buffer,
+        socket_buffer: args
+            .socket_buffer
+            .unwrap_or(EmbeddedOptions::default().socket_buffer),
         seed: args.seed,
         ..EmbeddedOptions::default()
     };
@@ -358,7 +362,7 @@ fn serve<L: Link>(
         args.port,
         args.listeners as usize,
         args.max_connections as usize,
-        args.socket_buffer,
+        args.socket_buffer.unwrap_or(REAL_LINK_SOCKET_BUFFER),
         args.read_size,
     );
     pool.replenish(stack.sockets_mut());
@@ -495,6 +499,21 @@ fn serve<L: Link>(
     }
     if let Some(pb) = spinner {
         pb.finish_and_clear();
+    }
+    // Where each unfinished connection stands, to explain a stall.
+    for (i, slot) in pool.slots.iter().enumerate() {
+        if slot.active && !slot.conn.closed {
+            let sock = stack.tcp_mut(slot.handle);
+            tracing::warn!(
+                "connection on slot {i} unfinished: {} echoed, socket {}, {} B unread, {} B unsent, can_send {}, can_recv {}",
+                slot.conn.echoed,
+                sock.state(),
+                sock.recv_queue(),
+                sock.send_queue(),
+                sock.can_send(),
+                sock.can_recv()
+            );
+        }
     }
     let live: u64 = pool
         .slots

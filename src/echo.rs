@@ -20,11 +20,26 @@ use std::time::{Duration, Instant};
 /// Reads per [`EchoConn::step`] at most, so one busy connection cannot starve the others.
 const READS_PER_STEP: usize = 16;
 
+/// When the server closes its side, once the peer has closed and every byte is echoed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FinAfter {
+    /// As soon as the last echoed byte is queued: the FIN rides on the last data
+    /// segment, as a kernel-socket server's `close()` sends it. For kernel peers, which
+    /// would otherwise hold the stream's end for their delayed ACK (up to 40 ms) before
+    /// the FIN could go.
+    Queued,
+    /// Once every echoed byte is acknowledged, so the FIN travels alone: for smoltcp 0.14
+    /// peers, whose receiver acts on the FIN of a segment it trimmed to its window and
+    /// ends the stream without the trimmed bytes (a bare FIN cannot be trimmed).
+    Acknowledged,
+}
+
 /// The server side of one echoed connection: data read by netdma waits in `buf` until the
 /// socket's transmit buffer takes it, and only then is the next read made (so every read
 /// asks for the full read size, as an application's `read()` would).
 #[derive(Debug)]
 pub struct EchoConn {
+    fin_after: FinAfter,
     buf: Vec<u8>,
     start: usize,
     end: usize,
@@ -37,9 +52,11 @@ pub struct EchoConn {
 }
 
 impl EchoConn {
-    /// A connection state with reads of up to `read_size` bytes.
-    pub fn new(read_size: usize) -> EchoConn {
+    /// A connection state with reads of up to `read_size` bytes, closing as `fin_after`
+    /// says.
+    pub fn new(read_size: usize, fin_after: FinAfter) -> EchoConn {
         EchoConn {
+            fin_after,
             buf: vec![0; read_size.max(1)],
             start: 0,
             end: 0,
@@ -95,10 +112,11 @@ impl EchoConn {
                 Err(e) => return Err(format!("netdma recv: {e}")),
             }
         }
-        // The FIN goes out alone, once every byte is acknowledged: smoltcp 0.14 accepts a
-        // FIN on a segment whose data it trimmed to its receive window, ending the stream
-        // short (see `FIN_ALONE` below).
-        if self.finished && self.start == self.end && !self.closed && sock.send_queue() == 0 {
+        let sent = match self.fin_after {
+            FinAfter::Queued => true,
+            FinAfter::Acknowledged => sock.send_queue() == 0,
+        };
+        if self.finished && self.start == self.end && !self.closed && sent {
             sock.close();
             self.closed = true;
         }
@@ -259,7 +277,7 @@ pub fn run_embedded(
             let server_stack = &mut server_stack;
             let mut conns: Vec<(SocketHandle, EchoConn)> = handles
                 .iter()
-                .map(|(s, _)| (*s, EchoConn::new(opts.read_size)))
+                .map(|(s, _)| (*s, EchoConn::new(opts.read_size, FinAfter::Acknowledged)))
                 .collect();
             let mut errors = Vec::new();
             while !stop.load(Ordering::Acquire) {
