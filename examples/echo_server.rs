@@ -46,12 +46,15 @@ use clap::Parser;
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use netdma::config::Copybreak;
 use netdma::ctl::CtlServer;
-use netdma::link::{Link, PacketLink, PacketOptions, TapLink, TapOptions};
+use netdma::link::{Link, Offloads, PacketLink, PacketOptions, TapLink, TapOptions};
 use netdma::stack::{Stack, StackConfig};
 use netdma::NetDma;
 use netdma_suite::echo::{run_embedded, EmbeddedOptions};
 use netdma_suite::listeners::{peak_rss_bytes, ListenerPool, REAL_LINK_SOCKET_BUFFER};
-use netdma_suite::report::{disable_and_unregister, gbps, EchoReport, LinkReport, ServerMemory};
+use netdma_suite::pipelined::{self, PipelinedServer};
+use netdma_suite::report::{
+    disable_and_unregister, gbps, EchoReport, LinkReport, ReceivePath, ServerMemory,
+};
 use netdma_suite::setup::{build_netdma, DmaOptions};
 use netdma_suite::size::{parse_copybreak, parse_size, parse_usize_at_least};
 use smoltcp::socket::tcp;
@@ -80,9 +83,10 @@ struct Args {
     /// Number of DMA channels of the software DMA device (1..=64).
     #[arg(long, value_name = "N")]
     channels: Option<usize>,
-    /// Embedded run: the server reads through the pipelined receive (reads posted ahead,
-    /// copies in flight while it polls) instead of `NetDma::recv`.
-    #[arg(long, conflicts_with_all = ["tap", "iface"])]
+    /// The server reads through the pipelined receive (reads posted ahead, copies in
+    /// flight while it polls) instead of `NetDma::recv`. On a real link it serves at most
+    /// --listeners clients at once (the pipeline owns its sockets; they do not grow).
+    #[arg(long)]
     pipelined: bool,
     /// Embedded run: connections echoed at once.
     #[arg(long, value_name = "N", default_value_t = 4,
@@ -305,7 +309,7 @@ fn run(args: &Args) -> Result<EchoReport, String> {
 }
 
 /// Serves kernel clients on a TAP or AF_PACKET link until Ctrl-C or `--duration`.
-fn serve_real(args: &Args, netdma: &NetDma) -> Result<EchoReport, String> {
+fn serve_real(args: &Args, netdma: &Arc<NetDma>) -> Result<EchoReport, String> {
     let Some(addr) = args.addr else {
         return Err("--addr is required with --tap and --iface".to_owned());
     };
@@ -355,9 +359,12 @@ fn serve<L: Link>(
     mode: &str,
     mtu: usize,
     args: &Args,
-    netdma: &NetDma,
+    netdma: &Arc<NetDma>,
     stop: &AtomicBool,
 ) -> Result<EchoReport, String> {
+    if args.pipelined {
+        return serve_pipelined(stack, mode, mtu, args, netdma, stop);
+    }
     let mut pool = ListenerPool::new(
         args.port,
         args.listeners as usize,
@@ -369,31 +376,14 @@ fn serve<L: Link>(
     if let Some(e) = pool.error.take() {
         return Err(e);
     }
-    // Always on stderr (scripts wait for this line), even with --json.
-    {
-        let off = stack.link().offloads();
-        eprintln!(
-            "echo_server: serving {} on {}:{} over {mode} (MTU {mtu}, {} listeners, at most {} connections, {}); Ctrl-C stops",
-            if netdma.is_enabled() {
-                "with DMA offload"
-            } else {
-                "without offload"
-            },
-            args.addr
-                .map(|a| a.address().to_string())
-                .unwrap_or_default(),
-            args.port,
-            args.listeners,
-            args.max_connections,
-            if off.gso {
-                "virtio-net headers, GSO"
-            } else if off.vnet_hdr {
-                "virtio-net headers"
-            } else {
-                "plain frames"
-            }
-        );
-    }
+    announce(
+        stack.link().offloads(),
+        mode,
+        mtu,
+        args,
+        netdma,
+        args.max_connections,
+    );
     let spinner = (!args.json && std::io::stderr().is_terminal()).then(|| {
         let pb = ProgressBar::with_draw_target(None, ProgressDrawTarget::stderr());
         pb.enable_steady_tick(Duration::from_millis(200));
@@ -525,10 +515,6 @@ fn serve<L: Link>(
     let secs = first_data
         .map(|f| last_data.duration_since(f).as_secs_f64())
         .unwrap_or(0.0);
-    let engine = netdma.engine().snapshot();
-    let recv = netdma.stats();
-    let config = netdma.config();
-    let after_disable = disable_and_unregister(netdma);
     let memory = ServerMemory {
         max_connections: pool.max_connections(),
         listeners: args.listeners as usize,
@@ -538,27 +524,162 @@ fn serve<L: Link>(
         bound_bytes: pool.max_connections() as u64 * pool.per_connection_bytes() as u64,
         peak_rss_bytes: peak_rss_bytes(),
     };
-    let link = Some(LinkReport {
+    let link = LinkReport {
         offloads: stack.link().offloads(),
         stats: stack.link().stats(),
-    });
-    Ok(EchoReport {
+    };
+    let outcome = RealOutcome {
+        served,
+        bytes_echoed,
+        secs,
+        errors,
+    };
+    Ok(real_report(mode, mtu, args, netdma, outcome, memory, link))
+}
+
+/// The line scripts wait for: always on stderr, even with --json.
+fn announce(off: Offloads, mode: &str, mtu: usize, args: &Args, netdma: &NetDma, max: u32) {
+    eprintln!(
+        "echo_server: serving {} on {}:{} over {mode} (MTU {mtu}, {} listeners, at most {max} connections, {}{}); Ctrl-C stops",
+        if netdma.is_enabled() {
+            "with DMA offload"
+        } else {
+            "without offload"
+        },
+        args.addr
+            .map(|a| a.address().to_string())
+            .unwrap_or_default(),
+        args.port,
+        args.listeners,
+        if off.gso {
+            "virtio-net headers, GSO"
+        } else if off.vnet_hdr {
+            "virtio-net headers"
+        } else {
+            "plain frames"
+        },
+        if args.pipelined { ", pipelined receive" } else { "" }
+    );
+}
+
+/// What a run on a real link did, for its report.
+struct RealOutcome {
+    served: u64,
+    bytes_echoed: u64,
+    secs: f64,
+    errors: Vec<String>,
+}
+
+/// The report of a run on a real link; drops the engine references on the way.
+fn real_report(
+    mode: &str,
+    mtu: usize,
+    args: &Args,
+    netdma: &NetDma,
+    outcome: RealOutcome,
+    memory: ServerMemory,
+    link: LinkReport,
+) -> EchoReport {
+    let engine = netdma.engine().snapshot();
+    let recv = netdma.stats();
+    let config = netdma.config();
+    let after_disable = disable_and_unregister(netdma);
+    EchoReport {
         mode: mode.to_owned(),
-        integrity_ok: errors.is_empty(),
+        receive: ReceivePath::of(args.pipelined),
+        integrity_ok: outcome.errors.is_empty(),
         integrity_verified_by: "clients".to_owned(),
-        connections: served,
+        connections: outcome.served,
         bytes_per_connection: None,
         read_size: args.read_size,
         mtu,
-        bytes_echoed,
-        elapsed_s: secs,
-        throughput_gbps: gbps(bytes_echoed, secs),
-        errors,
+        bytes_echoed: outcome.bytes_echoed,
+        elapsed_s: outcome.secs,
+        throughput_gbps: gbps(outcome.bytes_echoed, outcome.secs),
+        errors: outcome.errors,
         config,
         recv,
         engine,
         after_disable,
         memory: Some(memory),
-        link,
-    })
+        link: Some(link),
+    }
+}
+
+/// [`serve`] through the pipelined receive: `--listeners` sockets, each serving one
+/// client at a time.
+fn serve_pipelined<L: Link>(
+    stack: Stack<L>,
+    mode: &str,
+    mtu: usize,
+    args: &Args,
+    netdma: &Arc<NetDma>,
+    stop: &AtomicBool,
+) -> Result<EchoReport, String> {
+    let socket_buffer = args.socket_buffer.unwrap_or(REAL_LINK_SOCKET_BUFFER);
+    let listeners = args.listeners as usize;
+    let offloads = stack.link().offloads();
+    let mut server = PipelinedServer::new(
+        stack,
+        netdma.clone(),
+        args.port,
+        listeners,
+        socket_buffer,
+        args.read_size,
+    )?;
+    announce(offloads, mode, mtu, args, netdma, args.listeners);
+    let started = Instant::now();
+    let deadline = args.duration.map(|d| started + d);
+    let mut errors = Vec::new();
+    let mut first_data: Option<Instant> = None;
+    let mut last_data = started;
+    let mut echoed = 0;
+    while !stop.load(Ordering::Acquire) {
+        let now = Instant::now();
+        if deadline.is_some_and(|d| now >= d) {
+            break;
+        }
+        let busy = server.step(&mut errors);
+        let total = server.echoed();
+        if total != echoed {
+            echoed = total;
+            first_data.get_or_insert(now);
+            last_data = now;
+        }
+        if !busy {
+            let mut max = Duration::from_millis(100);
+            if let Some(d) = deadline {
+                max = max.min(d.saturating_duration_since(Instant::now()));
+            }
+            if let Err(e) = server.poll_wait(max) {
+                errors.push(format!("link: {e}"));
+                break;
+            }
+        }
+    }
+    for state in server.unfinished() {
+        tracing::warn!("connection unfinished: {state}");
+    }
+    let per_connection_bytes = 2 * socket_buffer + pipelined::DEPTH * args.read_size;
+    let memory = ServerMemory {
+        max_connections: listeners,
+        listeners,
+        peak_connections: listeners,
+        peak_sockets: listeners,
+        per_connection_bytes,
+        bound_bytes: (listeners * per_connection_bytes) as u64,
+        peak_rss_bytes: peak_rss_bytes(),
+    };
+    let link = server.pipeline().driver().link();
+    let link = LinkReport {
+        offloads: link.offloads(),
+        stats: link.stats(),
+    };
+    let outcome = RealOutcome {
+        served: server.served,
+        bytes_echoed: server.echoed(),
+        secs: first_data.map_or(0.0, |f| last_data.duration_since(f).as_secs_f64()),
+        errors,
+    };
+    Ok(real_report(mode, mtu, args, netdma, outcome, memory, link))
 }

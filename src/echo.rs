@@ -5,14 +5,11 @@
 
 use crate::pattern;
 use indicatif::ProgressBar;
-use netdma::link::MemoryLink;
 use netdma::pair::StackPair;
-use netdma::pipeline::{Completed, Pipeline};
-use netdma::stack::Stack;
+
 use netdma::{NetDma, RecvError};
 use smoltcp::iface::SocketHandle;
 use smoltcp::socket::tcp;
-use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -272,7 +269,13 @@ pub fn run_embedded(
         let handles = &handles;
         let server = scope.spawn(move || {
             if opts.pipelined {
-                return serve_pipelined(server_stack, netdma.clone(), handles, opts, stop);
+                return crate::pipelined::serve_embedded(
+                    server_stack,
+                    netdma.clone(),
+                    handles,
+                    opts,
+                    stop,
+                );
             }
             let server_stack = &mut server_stack;
             let mut conns: Vec<(SocketHandle, EchoConn)> = handles
@@ -479,134 +482,4 @@ pub fn run_embedded(
         elapsed,
         errors,
     })
-}
-
-/// How many reads the pipelined server keeps posted per connection.
-const PIPELINED_DEPTH: usize = 4;
-
-/// The embedded run's server over the pipelined receive: per connection, up to
-/// [`PIPELINED_DEPTH`] reads of `read_size` posted ahead (each completes with whatever has
-/// arrived once no copy of it is in flight), their data echoed in order as they complete,
-/// and the buffers posted again. Returns the errors and, for a stall, each unfinished
-/// connection's state.
-fn serve_pipelined(
-    stack: Stack<MemoryLink>,
-    netdma: Arc<NetDma>,
-    handles: &[(SocketHandle, SocketHandle)],
-    opts: &EmbeddedOptions,
-    stop: &AtomicBool,
-) -> (Vec<String>, Vec<String>) {
-    /// One connection: completed reads waiting to be echoed, free buffers to post.
-    struct Conn {
-        handle: SocketHandle,
-        /// Completed reads not yet fully echoed, and how far the oldest is.
-        pending: VecDeque<(Completed, usize)>,
-        free: Vec<Vec<u8>>,
-        echoed: u64,
-        finished: bool,
-        closed: bool,
-    }
-    let mut pipeline = Pipeline::new(stack, netdma.clone());
-    let mut conns: Vec<Conn> = handles
-        .iter()
-        .map(|(h, _)| Conn {
-            handle: *h,
-            pending: VecDeque::new(),
-            free: (0..PIPELINED_DEPTH)
-                .map(|_| vec![0u8; opts.read_size.max(1)])
-                .collect(),
-            echoed: 0,
-            finished: false,
-            closed: false,
-        })
-        .collect();
-    let mut errors = Vec::new();
-    while !stop.load(Ordering::Acquire) {
-        let mut busy = pipeline.poll();
-        for (i, c) in conns.iter_mut().enumerate() {
-            if c.closed {
-                continue;
-            }
-            while let Some(done) = pipeline.take_completed(c.handle) {
-                match done.error {
-                    None => {}
-                    Some(RecvError::Finished) => c.finished = true,
-                    Some(e) => {
-                        errors.push(format!("server connection {i}: pipelined read: {e}"));
-                        c.closed = true;
-                    }
-                }
-                busy = true;
-                c.pending.push_back((done, 0));
-            }
-            // Echo in order, as far as the transmit buffer takes it.
-            while let Some((done, at)) = c.pending.front_mut() {
-                if *at < done.len {
-                    match pipeline.send(c.handle, &done.buf[*at..done.len]) {
-                        Ok(n) => {
-                            *at += n;
-                            c.echoed += n as u64;
-                            busy |= n > 0;
-                        }
-                        Err(e) => {
-                            errors.push(format!("server connection {i}: echo send: {e}"));
-                            c.closed = true;
-                            break;
-                        }
-                    }
-                }
-                if *at < done.len {
-                    break;
-                }
-                let (done, _) = c.pending.pop_front().expect("front exists");
-                c.free.push(done.buf);
-            }
-            if c.closed {
-                continue;
-            }
-            // Post the free buffers again, unless the peer is done sending.
-            while !c.finished {
-                let Some(buf) = c.free.pop() else { break };
-                if let Err(e) = pipeline.post_recv(c.handle, buf, 1) {
-                    errors.push(format!("server connection {i}: post: {e}"));
-                    c.closed = true;
-                    break;
-                }
-            }
-            // Our FIN goes out alone once everything is echoed and acknowledged (see
-            // `EchoConn::step`), and only when no read is posted (`with_socket`).
-            if c.finished && c.pending.is_empty() && pipeline.posted(c.handle) == 0 {
-                let closed = pipeline.with_socket(c.handle, |sock| {
-                    if sock.send_queue() == 0 {
-                        sock.close();
-                        true
-                    } else {
-                        false
-                    }
-                });
-                c.closed = closed == Some(true);
-            }
-        }
-        if !busy {
-            if let Err(e) = pipeline.poll_wait(Some(Duration::from_millis(1))) {
-                errors.push(format!("server link: {e}"));
-                stop.store(true, Ordering::Release);
-                break;
-            }
-        }
-    }
-    let states = conns
-        .iter()
-        .enumerate()
-        .filter(|(_, c)| !c.closed)
-        .map(|(i, c)| {
-            format!(
-                "server connection {i} (pipelined): {} echoed, {} reads posted, {} waiting to be echoed",
-                c.echoed,
-                pipeline.posted(c.handle),
-                c.pending.len()
-            )
-        })
-        .collect();
-    (errors, states)
 }

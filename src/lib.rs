@@ -18,6 +18,7 @@ pub use netdma;
 pub mod echo;
 pub mod listeners;
 pub mod pattern;
+pub mod pipelined;
 pub mod report;
 pub mod setup;
 pub mod size;

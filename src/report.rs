@@ -68,11 +68,34 @@ pub fn disable_and_unregister(netdma: &NetDma) -> AfterDisable {
     }
 }
 
+/// How the echo server reads its sockets.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ReceivePath {
+    /// `NetDma::recv`, one read at a time.
+    Recv,
+    /// The pipelined receive: reads posted ahead, filled while the stack polls.
+    Pipelined,
+}
+
+impl ReceivePath {
+    /// [`ReceivePath::Pipelined`] if `pipelined`, else [`ReceivePath::Recv`].
+    pub fn of(pipelined: bool) -> ReceivePath {
+        if pipelined {
+            ReceivePath::Pipelined
+        } else {
+            ReceivePath::Recv
+        }
+    }
+}
+
 /// Everything the echo server reports at the end of a run (`--json` prints this).
 #[derive(Clone, Debug, Serialize)]
 pub struct EchoReport {
     /// `embedded` (in-process smoltcp client over the memory link), `tap` or `iface`.
     pub mode: String,
+    /// How the server read its sockets.
+    pub receive: ReceivePath,
     /// Every echoed byte matched (embedded mode), or: no connection ended in an error on
     /// the server side (real links, where the clients verify the data).
     pub integrity_ok: bool,
@@ -163,6 +186,7 @@ impl EchoReport {
         let secs = outcome.elapsed.as_secs_f64();
         EchoReport {
             mode: "embedded".to_owned(),
+            receive: ReceivePath::of(opts.pipelined),
             integrity_ok: outcome.integrity_ok,
             integrity_verified_by: "server".to_owned(),
             connections: opts.connections as u64,

@@ -81,6 +81,7 @@ fn pipelined_echo_goes_through_dma_and_is_exact() {
     };
     let r = run(linux_copybreak(), &opts);
     assert_clean(&r, &opts);
+    assert_eq!(r.receive, netdma_suite::report::ReceivePath::Pipelined);
     assert!(r.recv.dma_bytes > 0, "{:?}", r.recv);
     // The same with reads smaller than the chunk size, several per connection posted.
     let opts = EmbeddedOptions {

@@ -96,6 +96,31 @@ fn echo_through_faulty_wire() {
     }
 }
 
+/// The echo server reading through the pipelined receive on a real link, every read
+/// offloaded (copybreak 4096): the kernel client gets every byte back, the server
+/// counts them all as copied by DMA, and its engine references are back to zero.
+#[test]
+#[ignore = "needs root and iproute2: cargo test --release --test netns -- --ignored"]
+fn pipelined_echo_over_veth_by_dma() {
+    let (client, server) = run_script_reports(&[
+        "veth",
+        "--bytes",
+        "8MiB",
+        "--",
+        "--pipelined",
+        "--copybreak",
+        "4096",
+    ]);
+    let total = 4 * (8u64 << 20);
+    assert_eq!(client["integrity_ok"], true, "{client}");
+    assert_eq!(client["bytes_echoed"], total, "{client}");
+    assert_eq!(server["receive"], "pipelined");
+    assert_eq!(server["bytes_echoed"], total, "{}", server["errors"]);
+    assert_eq!(server["recv"]["dma_bytes"], total, "{}", server["recv"]);
+    assert_eq!(server["recv"]["cpu_bytes"], 0, "{}", server["recv"]);
+    assert_eq!(server["after_disable"]["engine_references"], 0);
+}
+
 /// Runs scripts/netns-echo.sh with `args` like [`run_script`], and returns the client's
 /// and the server's JSON reports (the script prints them as `client: {...}` and
 /// `server: {...}`).
