@@ -50,7 +50,7 @@ use netdma::link::{Link, Offloads, PacketLink, PacketOptions, TapLink, TapOption
 use netdma::stack::{Stack, StackConfig};
 use netdma::NetDma;
 use netdma_suite::echo::{run_embedded, EmbeddedOptions};
-use netdma_suite::listeners::{peak_rss_bytes, ListenerPool, REAL_LINK_SOCKET_BUFFER};
+use netdma_suite::listeners::{peak_rss_bytes, ListenerPool};
 use netdma_suite::pipelined::{self, PipelinedServer};
 use netdma_suite::report::{
     disable_and_unregister, gbps, EchoReport, LinkReport, ReceivePath, ServerMemory,
@@ -103,11 +103,9 @@ struct Args {
     #[arg(long, value_name = "N", default_value_t = 65535,
           value_parser = clap::value_parser!(u32).range(68..=65535))]
     mtu: u32,
-    /// Receive and transmit buffer of every TCP socket (accepts KiB, MiB). Default:
-    /// 256KiB on a real link (small enough for the copies to stay in cache), 1MiB in the
-    /// embedded run.
-    #[arg(long, value_name = "N", value_parser = socket_buffer)]
-    socket_buffer: Option<usize>,
+    /// Receive and transmit buffer of every TCP socket (accepts KiB, MiB).
+    #[arg(long, value_name = "N", default_value = "1MiB", value_parser = socket_buffer)]
+    socket_buffer: usize,
     /// Embedded run: seed of the random data.
     #[arg(long, default_value_t = 0x6e65_7464_6d61)]
     seed: u64,
@@ -282,9 +280,7 @@ fn run(args: &Args) -> Result<EchoReport, String> {
         rx_buffer_factor: if streaming { 4 } else { 1 },
         pipelined: args.pipelined,
         read_size: args.read_size,
-        socket_buffer: args
-            .socket_buffer
-            .unwrap_or(EmbeddedOptions::default().socket_buffer),
+        socket_buffer: args.socket_buffer,
         seed: args.seed,
         ..EmbeddedOptions::default()
     };
@@ -369,7 +365,7 @@ fn serve<L: Link>(
         args.port,
         args.listeners as usize,
         args.max_connections as usize,
-        args.socket_buffer.unwrap_or(REAL_LINK_SOCKET_BUFFER),
+        args.socket_buffer,
         args.read_size,
     );
     pool.replenish(stack.sockets_mut());
@@ -616,7 +612,7 @@ fn serve_pipelined<L: Link>(
     netdma: &Arc<NetDma>,
     stop: &AtomicBool,
 ) -> Result<EchoReport, String> {
-    let socket_buffer = args.socket_buffer.unwrap_or(REAL_LINK_SOCKET_BUFFER);
+    let socket_buffer = args.socket_buffer;
     let listeners = args.listeners as usize;
     let offloads = stack.link().offloads();
     let mut server = PipelinedServer::new(

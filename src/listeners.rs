@@ -19,13 +19,6 @@
 //! `memory.bound_bytes`); the pages are touched only as data flows.
 
 use crate::echo::{EchoConn, FinAfter};
-
-/// The echo server's socket buffer (each of receive and transmit) on a real link. Every
-/// echoed byte is copied four times through the socket's two rings, so the rings' size
-/// decides whether those copies hit the cache: 256 KiB rings cost the server less CPU
-/// per byte than 1 MiB rings (`echo_server --socket-buffer 1MiB` to compare), and a
-/// kernel peer on a local link needs no larger window.
-pub const REAL_LINK_SOCKET_BUFFER: usize = 256 << 10;
 use smoltcp::iface::{SocketHandle, SocketSet};
 use smoltcp::socket::tcp;
 use std::mem::size_of;
