@@ -6,7 +6,6 @@
 use crate::pattern;
 use indicatif::ProgressBar;
 use netdma::pair::StackPair;
-
 use netdma::{NetDma, RecvError};
 use smoltcp::iface::SocketHandle;
 use smoltcp::socket::tcp;
@@ -29,6 +28,16 @@ pub enum FinAfter {
     /// peers, whose receiver acts on the FIN of a segment it trimmed to its window and
     /// ends the stream without the trimmed bytes (a bare FIN cannot be trimmed).
     Acknowledged,
+}
+
+impl FinAfter {
+    /// Whether the FIN may go now on `sock`, whose echo is all queued.
+    pub fn ready(self, sock: &tcp::Socket<'_>) -> bool {
+        match self {
+            FinAfter::Queued => true,
+            FinAfter::Acknowledged => sock.send_queue() == 0,
+        }
+    }
 }
 
 /// The server side of one echoed connection: data read by netdma waits in `buf` until the
@@ -109,11 +118,7 @@ impl EchoConn {
                 Err(e) => return Err(format!("netdma recv: {e}")),
             }
         }
-        let sent = match self.fin_after {
-            FinAfter::Queued => true,
-            FinAfter::Acknowledged => sock.send_queue() == 0,
-        };
-        if self.finished && self.start == self.end && !self.closed && sent {
+        if self.finished && self.start == self.end && !self.closed && self.fin_after.ready(sock) {
             sock.close();
             self.closed = true;
         }

@@ -102,10 +102,7 @@ impl PipelinedConn {
         if self.finished && self.pending.is_empty() && pipeline.posted(self.handle) == 0 {
             let fin_after = self.fin_after;
             let closed = pipeline.with_socket(self.handle, |sock| {
-                let ready = match fin_after {
-                    FinAfter::Queued => true,
-                    FinAfter::Acknowledged => sock.send_queue() == 0,
-                };
+                let ready = fin_after.ready(sock);
                 if ready {
                     sock.close();
                 }
