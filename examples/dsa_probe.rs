@@ -139,10 +139,7 @@ fn run_copies(dev: Arc<DsaDevice>, rounds: usize, report: &mut Report) {
 }
 
 fn main() -> ExitCode {
-    tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
-        .with_writer(std::io::stderr)
-        .init();
+    netdma_suite::setup::init_logging();
     let args = Args::parse();
     let rounds = args.rounds.clamp(1, 64);
     let cpu = CpuFeatures::detect();

@@ -196,10 +196,7 @@ fn parse_mac(s: &str) -> Result<EthernetAddress, String> {
 
 fn main() -> ExitCode {
     let args = Args::parse();
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
-        .with_writer(std::io::stderr)
-        .try_init();
+    netdma_suite::setup::init_logging();
     match run(&args) {
         Ok(report) => {
             if args.json {

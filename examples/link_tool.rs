@@ -114,10 +114,7 @@ struct WireReport {
 
 fn main() -> ExitCode {
     let args = Args::parse();
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
-        .with_writer(std::io::stderr)
-        .try_init();
+    netdma_suite::setup::init_logging();
     match args.cmd {
         Cmd::TxCsum { iface, state } => match set_tx_checksum_offload(&iface, state == "on") {
             Ok(was) => {

@@ -45,3 +45,12 @@ pub fn build_netdma(opts: &DmaOptions) -> Result<NetDma, String> {
     let config = load_config(opts)?;
     NetDma::from_config(config).map_err(|e| format!("starting netdma: {e}"))
 }
+
+/// Sends the program's `tracing` output to stderr, filtered by `RUST_LOG` (default: errors
+/// only). Does nothing if a subscriber is already installed.
+pub fn init_logging() {
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+        .with_writer(std::io::stderr)
+        .try_init();
+}
