@@ -80,6 +80,10 @@ unsafe impl Provider for Slow {
     }
 }
 
+/// The tests here measure what copies cost the receiving thread; run side by side on a
+/// small machine, each would measure the other's load too. They take turns.
+static ALONE: Mutex<()> = Mutex::new(());
+
 fn auto() -> NetDmaConfig {
     NetDmaConfig {
         tcp_dma_copybreak: Copybreak::Auto,
@@ -89,6 +93,7 @@ fn auto() -> NetDmaConfig {
 
 #[test]
 fn a_device_slower_than_the_cpu_gets_the_reads_routed_to_the_cpu() {
+    let _alone = ALONE.lock();
     // Each copy takes at least 2 ms on the device; the CPU copies 64 KiB in microseconds.
     // The policy measures both on the stream's first reads, then sends the reads to the
     // CPU, probing the device now and then.
@@ -120,6 +125,7 @@ fn a_device_slower_than_the_cpu_gets_the_reads_routed_to_the_cpu() {
 
 #[test]
 fn a_device_whose_copies_the_receiving_thread_does_not_pay_for_gets_the_reads() {
+    let _alone = ALONE.lock();
     // The pipelined receive: DMA copies run on the device's worker while the receiving
     // thread is elsewhere (here: asleep between polls, as a server waiting on its other
     // connections would be), so a DMA read costs that thread only the submission and the
