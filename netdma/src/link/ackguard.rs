@@ -1,6 +1,6 @@
 //! Makes sure smoltcp sees every acknowledgment the peer sends, per TCP flow.
 //!
-//! smoltcp 0.14 ignores the ACK number of a segment in two cases where TCP must not:
+//! smoltcp 0.14 mishandles the acknowledgment of a segment in four cases:
 //!
 //! - **An older ACK.** smoltcp drops a whole segment, data included, when its ACK
 //!   number is older than one it has already processed (it treats the segment as a
@@ -12,6 +12,29 @@
 //!   and window the peer sent, and gives a data-bearing (or FIN) segment that arrives
 //!   with an older ACK the newest ones instead. That only replays what the peer already
 //!   said: an acknowledgment is cumulative, and the window goes with the ACK it came with.
+//! - **A stale window.** smoltcp takes the window of every segment it accepts, in the
+//!   order segments arrive. The same reordering can deliver a zero-window ACK after the
+//!   window update that followed it (both with the same ACK number: the kernel sends the
+//!   first from the softirq that took our data, the second from the reading thread on
+//!   another CPU). smoltcp then believes the window closed and waits for its
+//!   zero-window probe, which smoltcp times at 1 s at least: seen as a 1 s pause on a
+//!   veth. A receiver never moves the right edge of its window to the left (RFC 9293
+//!   strongly discourages it; Linux does not unless `net.ipv4.tcp_shrink_window` is set),
+//!   so with the same ACK number the larger window is the newer one: the link gives a
+//!   segment that arrives with a smaller one the larger instead. Should a peer shrink
+//!   its window after all, smoltcp may send past the new edge and the peer drops and
+//!   later gets again what did not fit: slower, never wrong.
+//! - **A window reopened in LAST-ACK.** Once the application has closed a connection
+//!   the peer closed first (LAST-ACK), smoltcp answers a pure ACK that acknowledges
+//!   nothing new with a challenge ACK and drops it, window included, even while its own
+//!   data still waits to be sent. If the peer's window was zero, the update that reopens
+//!   it is such an ACK: smoltcp keeps waiting for its zero-window probe (1 s at least;
+//!   seen on a veth whenever the reading side fell behind at the end of a transfer). So
+//!   the link gives smoltcp every zero-window ACK one byte short (ACK number minus one):
+//!   smoltcp still learns that the window closed and keeps one byte it has sent as not
+//!   yet acknowledged, so the ACK that reopens the window acknowledges that byte, counts
+//!   as new, and is taken in every state. Not done for an ACK of smoltcp's SYN or FIN
+//!   (nothing waits to be sent behind those).
 //! - **A closed window.** While smoltcp advertises a zero receive window it drops every
 //!   segment that carries data, and every window probe, without looking at the ACK
 //!   (RFC 9293 asks receivers to accept valid ACKs even then). A server that stops
@@ -53,6 +76,10 @@ struct Flow {
     /// While smoltcp's last segment on the flow advertised a zero window: the ACK number
     /// it carried, i.e. the sequence number smoltcp expects next.
     closed_at: Option<u32>,
+    /// The sequence number after smoltcp's SYN, once seen.
+    syn_end: Option<u32>,
+    /// The sequence number after smoltcp's FIN, once seen.
+    fin_end: Option<u32>,
 }
 
 /// The per-flow acknowledgment state (see the module documentation).
@@ -63,6 +90,8 @@ pub(crate) struct AckGuard {
     pub(crate) rewritten: u64,
     /// Segments turned into pure ACKs because smoltcp's window was closed.
     pub(crate) zero_window_acks: u64,
+    /// Zero-window ACKs from the peer given to smoltcp one byte short.
+    pub(crate) peer_zero_windows: u64,
 }
 
 /// The TCP/IPv4 segment in an Ethernet frame: where its TCP header starts, its IP
@@ -149,16 +178,34 @@ impl AckGuard {
             self.flows.clear();
         }
         let flow = self.flows.entry(key(frame, seg.l4)).or_default();
+        let (mut to_ack, mut to_win) = (ack, win);
         match flow.peer {
             Some((old_ack, old_win)) if after(old_ack, ack) => {
                 if carries {
-                    frame[seg.l4 + 8..seg.l4 + 12].copy_from_slice(&old_ack.to_be_bytes());
-                    frame[seg.l4 + 14..seg.l4 + 16].copy_from_slice(&old_win.to_be_bytes());
+                    (to_ack, to_win) = (old_ack, old_win);
                     self.rewritten += 1;
                 }
             }
+            Some((old_ack, old_win)) if old_ack == ack && old_win > win => {
+                // The same ACK with a smaller window: the right edge would move left, which
+                // the peer does not do; this segment was sent before the one that opened
+                // the window further.
+                to_win = old_win;
+                self.rewritten += 1;
+            }
             _ => flow.peer = Some((ack, win)),
         }
+        let newest = flow.peer.is_some_and(|(a, _)| a == to_ack);
+        if to_win == 0
+            && newest
+            && flow.syn_end.is_some_and(|s| after(to_ack, s))
+            && flow.fin_end != Some(to_ack)
+        {
+            to_ack = to_ack.wrapping_sub(1);
+            self.peer_zero_windows += 1;
+        }
+        frame[seg.l4 + 8..seg.l4 + 12].copy_from_slice(&to_ack.to_be_bytes());
+        frame[seg.l4 + 14..seg.l4 + 16].copy_from_slice(&to_win.to_be_bytes());
         // Under a closed window smoltcp accepts only a pure ACK at the sequence number it
         // expects; anything else (data, a FIN, a probe, a pure ACK sent after data it
         // dropped) it drops unread.
@@ -182,25 +229,28 @@ impl AckGuard {
             self.flows.remove(&key);
             return;
         }
-        if flags & ACK == 0 {
+        let closed = flags & ACK != 0 && seg.window(frame) == 0;
+        let (syn, fin) = (flags & SYN != 0, flags & FIN != 0);
+        if !(closed || syn || fin || self.flows.contains_key(&key)) {
             return;
         }
-        let closed = seg.window(frame) == 0;
-        match self.flows.get_mut(&key) {
-            Some(flow) => flow.closed_at = closed.then(|| seg.ack(frame)),
-            None if closed => {
-                if self.flows.len() >= MAX_FLOWS {
-                    self.flows.clear();
-                }
-                self.flows.insert(
-                    key,
-                    Flow {
-                        peer: None,
-                        closed_at: Some(seg.ack(frame)),
-                    },
-                );
-            }
-            None => {}
+        if self.flows.len() >= MAX_FLOWS {
+            self.flows.clear();
+        }
+        let flow = self.flows.entry(key).or_default();
+        let seq = seg.seq(frame);
+        if syn {
+            // Our side of a new connection: whatever was known of the flow is stale.
+            *flow = Flow {
+                syn_end: Some(seq.wrapping_add(1)),
+                ..Flow::default()
+            };
+        }
+        if flags & ACK != 0 {
+            flow.closed_at = closed.then(|| seg.ack(frame));
+        }
+        if fin {
+            flow.fin_end = Some(seq.wrapping_add(seg.payload_len() as u32 + 1));
         }
     }
 }
@@ -315,6 +365,37 @@ mod tests {
     }
 
     #[test]
+    fn a_zero_window_overtaken_by_the_update_that_reopened_it_gets_the_update() {
+        // As captured on a veth: the peer sent "ack 5000 win 0", then "ack 5000 win 456";
+        // the link got them the other way round.
+        let mut g = AckGuard::default();
+        g.check(&mut frame(40002, 0x10, 5000, 456, 0));
+        let mut stale = frame(40002, 0x10, 5000, 0, 0);
+        g.check(&mut stale);
+        assert_eq!(ack_win(&stale), (5000, 456));
+        assert_eq!(g.rewritten, 1);
+        // Data with the same ACK and a smaller window: the window is replaced too.
+        let mut data = frame(40002, 0x18, 5000, 100, 10);
+        g.check(&mut data);
+        assert_eq!(ack_win(&data), (5000, 456));
+        assert_eq!(g.rewritten, 2);
+        // A larger window with the same ACK, then a newer ACK with a smaller window
+        // (its right edge may well be further right): both left alone.
+        for (ack, win) in [(5000u32, 900u16), (9000, 10)] {
+            let mut f = frame(40002, 0x10, ack, win, 0);
+            let before = f.clone();
+            g.check(&mut f);
+            assert_eq!(f, before);
+        }
+        assert_eq!(g.rewritten, 2);
+        // And a zero window that really is the newest (a newer ACK) stays zero.
+        let mut closed = frame(40002, 0x10, 9500, 0, 0);
+        g.check(&mut closed);
+        assert_eq!(ack_win(&closed), (9500, 0));
+        assert_eq!(g.rewritten, 2);
+    }
+
+    #[test]
     fn sequence_numbers_wrap_and_flows_are_separate() {
         let mut g = AckGuard::default();
         g.check(&mut frame(1, 0x10, u32::MAX - 10, 5, 0));
@@ -370,6 +451,57 @@ mod tests {
 
     fn ip_total(f: &[u8]) -> usize {
         usize::from(u16::from_be_bytes([f[16], f[17]]))
+    }
+
+    #[test]
+    fn a_zero_window_from_the_peer_reaches_smoltcp_one_byte_short() {
+        let mut g = AckGuard::default();
+        // Before smoltcp's SYN is seen, nothing is known of its sequence space: left alone.
+        let unknown = frame(40003, 0x10, 5000, 0, 0);
+        let mut kept = unknown.clone();
+        g.check(&mut kept);
+        assert_eq!(kept, unknown);
+        // smoltcp answers a new connection (SYN-ACK, its sequence number 999).
+        g.check(&mut with_seq(frame(40004, 0x02, 0, 64, 0), 77));
+        g.sent(&with_seq(from_smoltcp(40004, 0x12, 78, 512), 999));
+        // The handshake's ACK and a window that closes later, with data acknowledged.
+        let mut hello = frame(40004, 0x10, 1000, 100, 0);
+        g.check(&mut hello);
+        assert_eq!(ack_win(&hello), (1000, 100));
+        let mut closed = frame(40004, 0x10, 5000, 0, 0);
+        g.check(&mut closed);
+        assert_eq!(ack_win(&closed), (4999, 0), "one byte short");
+        // Data (or a FIN) the peer sends under its closed window: the same.
+        let mut data = frame(40004, 0x19, 5000, 0, 10);
+        g.check(&mut data);
+        assert_eq!(ack_win(&data), (4999, 0));
+        assert_eq!(g.peer_zero_windows, 2);
+        // The update that reopens the window goes as sent: to smoltcp it acknowledges
+        // one more byte, so even LAST-ACK takes it.
+        let reopen = frame(40004, 0x10, 5000, 300, 0);
+        let mut kept = reopen.clone();
+        g.check(&mut kept);
+        assert_eq!(kept, reopen);
+        // A late copy of the zero-window ACK is a stale window now: it gets the update's.
+        let mut late = frame(40004, 0x10, 5000, 0, 0);
+        g.check(&mut late);
+        assert_eq!(ack_win(&late), (5000, 300));
+        assert_eq!(g.peer_zero_windows, 2);
+        // Once smoltcp's FIN (after byte 8999) is acknowledged, a zero window is left as
+        // it is: smoltcp has nothing left to send, and one short would un-acknowledge the FIN.
+        g.sent(&with_seq(from_smoltcp(40004, 0x11, 78, 512), 9000));
+        let done = frame(40004, 0x10, 9001, 0, 0);
+        let mut kept = done.clone();
+        g.check(&mut kept);
+        assert_eq!(kept, done);
+        // So is one that acknowledges only smoltcp's SYN.
+        g.check(&mut with_seq(frame(40005, 0x02, 0, 64, 0), 77));
+        g.sent(&with_seq(from_smoltcp(40005, 0x12, 78, 512), 999));
+        let syn_only = frame(40005, 0x10, 1000, 0, 0);
+        let mut kept = syn_only.clone();
+        g.check(&mut kept);
+        assert_eq!(kept, syn_only);
+        assert_eq!(g.peer_zero_windows, 2);
     }
 
     #[test]

@@ -120,10 +120,16 @@ pub struct LinkStats {
     pub rx_csum_bad: u64,
     /// Received frames dropped for other reasons (truncated, unreadable header).
     pub rx_dropped: u64,
-    /// Received segments (data or FIN) whose ACK number was older than one the peer
-    /// had already sent on their connection, given the newer ACK and window before
-    /// smoltcp saw them (smoltcp would drop such a segment, data included).
+    /// Received segments that a later one of their connection overtook, given the
+    /// newer ACK and window before smoltcp saw them: a segment (data or FIN) whose ACK
+    /// number was older than one the peer had already sent (smoltcp would drop it, data
+    /// included), or one whose window was smaller for the same ACK number (smoltcp
+    /// would take that window, and a stale zero would stall the connection).
     pub rx_acks_reordered: u64,
+    /// Zero-window ACKs from the peer given to smoltcp one byte short, so that the ACK
+    /// reopening the window counts as new (smoltcp drops a window update that
+    /// acknowledges nothing new once the connection is in LAST-ACK).
+    pub rx_peer_zero_windows: u64,
     /// Received segments (data, FIN or window probes) that brought a new ACK while
     /// smoltcp's receive window was closed, given to smoltcp as the pure ACK it accepts
     /// then (smoltcp would drop them, ACK included, and the connection could stall).
@@ -254,10 +260,15 @@ pub(crate) fn accept_vnet_frame(
         stats.rx_gso_frames += 1;
     }
     stats.count_rx(frame.len());
-    let (rewritten, zero_window) = (guard.rewritten, guard.zero_window_acks);
+    let before = (
+        guard.rewritten,
+        guard.zero_window_acks,
+        guard.peer_zero_windows,
+    );
     guard.check(&mut buf[vnet::VNET_HDR_LEN..]);
-    stats.rx_acks_reordered += guard.rewritten - rewritten;
-    stats.rx_zero_window_acks += guard.zero_window_acks - zero_window;
+    stats.rx_acks_reordered += guard.rewritten - before.0;
+    stats.rx_zero_window_acks += guard.zero_window_acks - before.1;
+    stats.rx_peer_zero_windows += guard.peer_zero_windows - before.2;
     true
 }
 
