@@ -15,8 +15,10 @@
 #   scripts/link-bench.sh [--rounds N] [--connections K] [--bytes N] [--oneway-bytes N] [--write]
 #
 # Each configuration runs --rounds times (default 5), interleaved, and the median is
-# reported. --write replaces the "Real links" section of BENCHMARKS.md with the tables
-# (and the machine they were measured on). Needs root, iproute2 and python3.
+# reported; a ratio is the median of the per-round ratios (each round runs the kernel
+# server and the project's back to back, so the machine's drift between rounds cancels).
+# --write replaces the "Real links" section of BENCHMARKS.md with the tables (and the
+# machine they were measured on). Needs root, iproute2 and python3.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -32,7 +34,7 @@ while [ $# -gt 0 ]; do
         --bytes) bytes=${2:?}; shift ;;
         --oneway-bytes) oneway_bytes=${2:?}; shift ;;
         --write) write=1 ;;
-        -h|--help) sed -n '2,18p' "$0"; exit 0 ;;
+        -h|--help) sed -n '2,21p' "$0"; exit 0 ;;
         *) echo "link-bench: unknown argument $1" >&2; exit 2 ;;
     esac
     shift
@@ -271,11 +273,18 @@ done
 
 col() { printf '%s' "${results[$1]}" | awk -v c="$2" 'NF { print $c }' | median; }
 ocol() { printf '%s' "${oneway[$1]}" | awk -v c="$2" 'NF { print $c }' | median; }
-ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (b > 0) printf "%.2f", a / b; else print "-" }'; }
+# pratio KIND MTU: the median over rounds of KIND's Gbit/s over the kernel server's in the
+# same round (the two ran back to back, so a drift of the machine between rounds cancels).
+pratio() {
+    paste -d' ' <(printf '%s' "${results[$1,$2]}" | awk 'NF { print $1 }') \
+        <(printf '%s' "${results[kernel,$2]}" | awk 'NF { print $1 }') |
+        awk '$2 > 0 { print $1 / $2 }' | sort -g |
+        awk '{ v[NR] = $1 } END { if (NR == 0) print "-"; else printf "%.2f\n", (NR % 2) ? v[(NR + 1) / 2] : (v[NR / 2] + v[NR / 2 + 1]) / 2 }'
+}
 
 cpu_model=$(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2- | sed 's/^ *//')
 {
-    echo "Measured by \`scripts/link-bench.sh\` (median of $rounds rounds, interleaved); do not edit by hand: rerun it with \`--write\`."
+    echo "Measured by \`scripts/link-bench.sh\` (median of $rounds rounds, interleaved; each ratio is the median of the per-round ratios to the kernel server, which ran in the same round); do not edit by hand: rerun it with \`--write\`."
     echo
     echo "Machine: ${cpu_model:-unknown CPU}, $(nproc) CPUs usable, kernel $(uname -r), $(date -u +%Y-%m-%d)."
     echo
@@ -287,10 +296,10 @@ cpu_model=$(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2- | sed 's/^ *//')
     v15=$(col veth,1500 1); v90=$(col veth,9000 1)
     t15=$(col tap,1500 1); t90=$(col tap,9000 1)
     echo "| kernel-socket echo server (python3), veth | $k15 | $k90 |"
-    echo "| project echo server, AF_PACKET on a veth | $v15 ($(ratio "$v15" "$k15")x) | $v90 ($(ratio "$v90" "$k90")x) |"
-    echo "| project echo server, TAP | $t15 ($(ratio "$t15" "$k15")x) | $t90 ($(ratio "$t90" "$k90")x) |"
+    echo "| project echo server, AF_PACKET on a veth | $v15 ($(pratio veth 1500)x) | $v90 ($(pratio veth 9000)x) |"
+    echo "| project echo server, TAP | $t15 ($(pratio tap 1500)x) | $t90 ($(pratio tap 9000)x) |"
     p15=$(col plain,1500 1); p90=$(col plain,9000 1)
-    echo "| for reference: project echo server, plain AF_PACKET path (\`--plain-link\`, peer offloads off) | $p15 ($(ratio "$p15" "$k15")x) | $p90 ($(ratio "$p90" "$k90")x) |"
+    echo "| for reference: project echo server, plain AF_PACKET path (\`--plain-link\`, peer offloads off) | $p15 ($(pratio plain 1500)x) | $p90 ($(pratio plain 9000)x) |"
     echo
     echo "Super-frames (frames larger than the MTU) the project's link received / sent in one run:"
     echo
