@@ -416,6 +416,12 @@ mod with_smoltcp {
         panic!("the hosts never went quiet");
     }
 
+    /// The window field of a TCP/IPv4 frame without options... or with them: the field
+    /// sits at the same offset.
+    fn window_of(frame: &[u8]) -> u16 {
+        u16::from_be_bytes([frame[48], frame[49]])
+    }
+
     const REPLY: usize = 40 * 1024;
     const CLIENT_WINDOW: usize = 8 * 1024;
 
@@ -488,5 +494,70 @@ mod with_smoltcp {
         let later = Instant::from_secs(1) + Duration::from_millis(1100);
         pump(&mut server, &mut client, later);
         assert!(client.socket().recv_queue() > 0, "the probe moved it on");
+    }
+
+    /// A connection whose client reads, then sends nothing: the server's data fills the
+    /// client's window, and the client's zero-window ACK reaches the server only after
+    /// the window update the client sends once it has read (as two CPUs can deliver
+    /// them). Returns the bytes the client got, all at one instant.
+    fn overtaken_zero_window(guard: Option<AckGuard>) -> usize {
+        let now = Instant::from_secs(1);
+        let mut server = Host::new(1, guard, 4096, 64 * 1024, now);
+        let mut client = Host::new(2, None, CLIENT_WINDOW, 4096, now);
+        server.socket().listen(7000).unwrap();
+        let cx = client.iface.context();
+        client
+            .sockets
+            .get_mut::<tcp::Socket>(client.tcp)
+            .connect(cx, (IpAddress::v4(10, 0, 0, 1), 7000), 40000)
+            .unwrap();
+        pump(&mut server, &mut client, now);
+        let reply = vec![7u8; REPLY];
+        assert_eq!(server.socket().send_slice(&reply), Ok(REPLY));
+        // Carry frames across, holding back the client's zero-window ACK.
+        let mut held = None;
+        for _ in 0..100 {
+            server.iface.poll(now, &mut server.end, &mut server.sockets);
+            client.iface.poll(now, &mut client.end, &mut client.sockets);
+            client.end.inbox.extend(server.end.outbox.drain(..));
+            for frame in client.end.outbox.drain(..) {
+                if held.is_none() && frame.len() == 54 && window_of(&frame) == 0 {
+                    held = Some(frame);
+                } else {
+                    server.end.inbox.push_back(frame);
+                }
+            }
+            if server.end.inbox.is_empty() && client.end.inbox.is_empty() {
+                break;
+            }
+        }
+        let held = held.expect("the client's window closed");
+        assert_eq!(client.socket().recv_queue(), CLIENT_WINDOW);
+        // The client reads: its window update goes first, the zero-window ACK after.
+        let mut got = 0;
+        let mut buf = [0u8; CLIENT_WINDOW];
+        got += client.socket().recv_slice(&mut buf).unwrap();
+        client.iface.poll(now, &mut client.end, &mut client.sockets);
+        server.end.inbox.extend(client.end.outbox.drain(..));
+        server.end.inbox.push_back(held);
+        loop {
+            pump(&mut server, &mut client, now);
+            let n = client.socket().recv_slice(&mut buf).unwrap();
+            if n == 0 {
+                return got;
+            }
+            got += n;
+        }
+    }
+
+    #[test]
+    fn a_zero_window_overtaken_by_its_update_does_not_stop_smoltcp() {
+        assert_eq!(overtaken_zero_window(Some(AckGuard::default())), REPLY);
+    }
+
+    /// smoltcp alone takes the late zero window and stops until its probe.
+    #[test]
+    fn without_the_guard_an_overtaken_zero_window_stops_smoltcp() {
+        assert_eq!(overtaken_zero_window(None), CLIENT_WINDOW);
     }
 }
