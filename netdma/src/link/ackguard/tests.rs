@@ -425,12 +425,9 @@ mod with_smoltcp {
     const REPLY: usize = 40 * 1024;
     const CLIENT_WINDOW: usize = 8 * 1024;
 
-    /// A client sends one byte and closes; the server answers with more than the
-    /// client's receive buffer holds and closes too (LAST-ACK with data still to send),
-    /// so the client's window closes. Then the client reads, at the same instant, until
-    /// nothing more arrives. Returns the server, the client and what the client read.
-    fn reply_after_close(guard: Option<AckGuard>) -> (Host, Host, Vec<u8>) {
-        let now = Instant::from_secs(1);
+    /// A server (its frames through `guard`) and a client (a receive buffer of
+    /// `CLIENT_WINDOW`) with a connection established between them at `now`.
+    fn connected(guard: Option<AckGuard>, now: Instant) -> (Host, Host) {
         let mut server = Host::new(1, guard, 4096, 64 * 1024, now);
         let mut client = Host::new(2, None, CLIENT_WINDOW, 4096, now);
         server.socket().listen(7000).unwrap();
@@ -442,6 +439,16 @@ mod with_smoltcp {
             .unwrap();
         pump(&mut server, &mut client, now);
         assert_eq!(server.socket().state(), tcp::State::Established);
+        (server, client)
+    }
+
+    /// A client sends one byte and closes; the server answers with more than the
+    /// client's receive buffer holds and closes too (LAST-ACK with data still to send),
+    /// so the client's window closes. Then the client reads, at the same instant, until
+    /// nothing more arrives. Returns the server, the client and what the client read.
+    fn reply_after_close(guard: Option<AckGuard>) -> (Host, Host, Vec<u8>) {
+        let now = Instant::from_secs(1);
+        let (mut server, mut client) = connected(guard, now);
         client.socket().send_slice(b"?").unwrap();
         client.socket().close();
         pump(&mut server, &mut client, now);
@@ -502,16 +509,7 @@ mod with_smoltcp {
     /// them). Returns the bytes the client got, all at one instant.
     fn overtaken_zero_window(guard: Option<AckGuard>) -> usize {
         let now = Instant::from_secs(1);
-        let mut server = Host::new(1, guard, 4096, 64 * 1024, now);
-        let mut client = Host::new(2, None, CLIENT_WINDOW, 4096, now);
-        server.socket().listen(7000).unwrap();
-        let cx = client.iface.context();
-        client
-            .sockets
-            .get_mut::<tcp::Socket>(client.tcp)
-            .connect(cx, (IpAddress::v4(10, 0, 0, 1), 7000), 40000)
-            .unwrap();
-        pump(&mut server, &mut client, now);
+        let (mut server, mut client) = connected(guard, now);
         let reply = vec![7u8; REPLY];
         assert_eq!(server.socket().send_slice(&reply), Ok(REPLY));
         // Carry frames across, holding back the client's zero-window ACK.
