@@ -34,7 +34,8 @@
 //!   smoltcp still learns that the window closed and keeps one byte it has sent as not
 //!   yet acknowledged, so the ACK that reopens the window acknowledges that byte, counts
 //!   as new, and is taken in every state. Not done for an ACK of smoltcp's SYN or FIN
-//!   (nothing waits to be sent behind those).
+//!   (nothing waits to be sent behind those). Until the window reopens, smoltcp's
+//!   `send_queue()` counts that byte as not yet acknowledged.
 //! - **A closed window.** While smoltcp advertises a zero receive window it drops every
 //!   segment that carries data, and every window probe, without looking at the ACK
 //!   (RFC 9293 asks receivers to accept valid ACKs even then). A server that stops
