@@ -219,7 +219,7 @@ impl AckGuard {
     }
 
     /// Looks at one Ethernet frame smoltcp sends: notes whether it closes or opens the
-    /// flow's receive window.
+    /// flow's receive window, and where smoltcp's SYN and FIN end in its sequence space.
     pub(crate) fn sent(&mut self, frame: &[u8]) {
         let Some(seg) = Segment::parse(frame) else {
             return;
