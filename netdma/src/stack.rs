@@ -159,17 +159,7 @@ impl<L: Link> Stack<L> {
         let now = Instant::now();
         let mut changed = false;
         self.iface.poll_maintenance(now);
-        let budget: usize = std::env::var("XP_BUDGET")
-            .ok()
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(usize::MAX);
-        let mut frames = 0usize;
         loop {
-            if frames >= budget {
-                changed = true;
-                break;
-            }
-            frames += 1;
             before_frame(&mut self.sockets);
             match self
                 .iface
