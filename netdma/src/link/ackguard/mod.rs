@@ -205,8 +205,10 @@ impl AckGuard {
             to_ack = to_ack.wrapping_sub(1);
             self.peer_zero_windows += 1;
         }
-        frame[seg.l4 + 8..seg.l4 + 12].copy_from_slice(&to_ack.to_be_bytes());
-        frame[seg.l4 + 14..seg.l4 + 16].copy_from_slice(&to_win.to_be_bytes());
+        if (to_ack, to_win) != (ack, win) {
+            frame[seg.l4 + 8..seg.l4 + 12].copy_from_slice(&to_ack.to_be_bytes());
+            frame[seg.l4 + 14..seg.l4 + 16].copy_from_slice(&to_win.to_be_bytes());
+        }
         // Under a closed window smoltcp accepts only a pure ACK at the sequence number it
         // expects; anything else (data, a FIN, a probe, a pure ACK sent after data it
         // dropped) it drops unread.
